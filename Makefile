@@ -1,0 +1,38 @@
+# Every target installs what it needs into .venv first (once; again when setup.cfg or requirements change).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PACKED ?= packed
+PYTEST_ARGS ?=
+
+.PHONY: install pack test test-nojit bench data-full clean
+
+$(STAMP): setup.cfg pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## pack data_samples/ into $(PACKED)/ and print the statistics
+pack: $(STAMP)
+	$(VENV)/bin/packer pack data_samples/reference_like --output $(PACKED) --overwrite
+	$(VENV)/bin/packer stats $(PACKED)
+
+## the test suite (kernels compiled), then the kernel tests again with the JIT off
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q tests/test_kernels.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_kernel.py
+	$(PY) benchmarks/bench_convert.py
+
+## the full 99,388-row reference-like set (about 1 GB, not committed)
+data-full: $(STAMP)
+	$(PY) data_samples/make_samples.py --full
+
+clean:
+	rm -rf $(VENV) $(PACKED) .pytest_cache build *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from packer.cli import main
+
+sys.exit(main())

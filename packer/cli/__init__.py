@@ -1,0 +1,59 @@
+"""The ``packer`` command line: ``main(argv) -> int``, one module per subcommand.
+
+Each subcommand module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. Errors packer
+expects (:class:`packer.errors.PackerError`) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from packer import __version__
+from packer.cli import pack, stats
+from packer.errors import PackerError
+
+COMMANDS = [pack, stats]
+EXIT_ERROR = 2
+
+log = logging.getLogger("packer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="packer",
+        description="Offline sequence packing for LLM training: tokenized Arrow/Parquet shards in, "
+        "fixed-capacity packed shards with cu_seqlens out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'packer COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"packer {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        p = sub.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="packer: %(message)s", stream=sys.stderr, force=True)
+    try:
+        return int(args._run(args) or 0)
+    except PackerError as e:
+        print(f"packer: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("packer: interrupted; no output was left behind", file=sys.stderr)
+        return 130

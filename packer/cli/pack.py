@@ -1,0 +1,76 @@
+"""Pack tokenized Arrow/Parquet shards into fixed-capacity packed shards.
+
+examples:
+  packer pack data_samples/reference_like --output packed/
+  packer pack 'shards/*.parquet' --output packed/ --max-length 8192 --overflow split
+  packer pack train.arrow --output packed/ --labels-column labels --strategy bfd --overwrite
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from packer import format as fmt
+from packer.convert import PackConfig, pack_dataset
+from packer.plan import DEFAULT_OVERFLOW, DEFAULT_STRATEGY, DEFAULT_WINDOW, OVERFLOW_POLICIES, STRATEGIES
+from packer.reader import Columns
+from packer.stats import format_stats
+
+NAME = "pack"
+HELP = "pack tokenized shards into packed shards with cu_seqlens"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="tokenized input: save_to_disk folder, .arrow or .parquet files, folders or globs")
+    p.add_argument("-o", "--output", required=True, help="packed folder to create")
+    p.add_argument("--max-length", type=int, default=fmt.DEFAULT_CAPACITY,
+                   help="tokens per pack (default %(default)s)")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default=DEFAULT_STRATEGY,
+                   help="; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()) + " (default %(default)s)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help="sequences per window for --strategy window (default %(default)s)")
+    p.add_argument("--overflow", choices=list(OVERFLOW_POLICIES), default=DEFAULT_OVERFLOW,
+                   help="; ".join(f"{k}: {v}" for k, v in OVERFLOW_POLICIES.items()) + " (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffling strategies (default %(default)s)")
+    p.add_argument("--shard-size", type=int, default=fmt.DEFAULT_SHARD_SIZE,
+                   help="packs per output shard (default %(default)s)")
+    p.add_argument("--input-column", default="input_ids", help="token column (default %(default)s)")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--labels-column", default=None,
+                        help="label column, same lengths as the tokens, -100 = not trained on "
+                        "(default: 'labels' if the input has it)")
+    labels.add_argument("--loss-mask-column", default=None,
+                        help="0/1 column, same lengths as the tokens, 1 = trained on")
+    labels.add_argument("--no-labels", action="store_true",
+                        help="ignore any labels column: every token is trained on")
+    p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+
+
+def _columns(args, inputs) -> Columns:
+    if args.loss_mask_column:
+        return Columns(args.input_column, loss_mask=args.loss_mask_column)
+    if args.labels_column:
+        return Columns(args.input_column, labels=args.labels_column)
+    if args.no_labels:
+        return Columns(args.input_column)
+    from packer.reader import has_column
+
+    return Columns(args.input_column, labels="labels" if has_column(inputs, "labels") else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = PackConfig(
+        capacity=args.max_length,
+        strategy=args.strategy,
+        seed=args.seed,
+        window=args.window,
+        overflow=args.overflow,
+        shard_size=args.shard_size,
+        columns=_columns(args, args.inputs),
+    )
+    manifest = pack_dataset(args.inputs, args.output, config=config, overwrite=args.overwrite,
+                            progress=not args.quiet and sys.stderr.isatty())
+    print(f"wrote {args.output}: {len(manifest[fmt.MANIFEST_SHARDS])} shard(s)")
+    print(format_stats(manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]["seconds"]))
+    return 0

@@ -1,0 +1,246 @@
+"""Packing plans: validate lengths, apply the overflow policy, run a kernel, return flat arrays.
+
+This is the public face of :mod:`packer.kernels`; it checks its input and raises :class:`packer.errors.PackerError`
+with a message that says what to change. Nothing here reads or writes files.
+
+Example:
+    >>> import numpy as np
+    >>> from packer.plan import plan_packs
+    >>> plan = plan_packs(np.array([7, 3, 5, 5], dtype=np.int32), capacity=10)
+    >>> plan.n_packs, plan.pack_offsets.tolist(), plan.members.tolist()
+    (2, [0, 2, 4], [0, 1, 2, 3])
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from packer import kernels
+from packer.errors import PackerError
+
+STRATEGIES = {
+    "bfd": "best-fit decreasing: longest first, each into the fullest pack it fits. At the bound "
+    "(packs <= ceil(tokens / capacity) + 1 on reference-like data), but packs are sorted by length: the last "
+    "packs hold only short sequences.",
+    "ffd": "first-fit decreasing: longest first, each into the first pack it fits. Same efficiency class as bfd "
+    "and the same length-sorted packs; kept for comparison with other packers.",
+    "window": "windowed best fit (default): a seeded shuffle cut into windows of --window sequences, each window "
+    "longest first, all windows into the same open packs. Within 0.1 point of bfd efficiency on reference-like "
+    "data while every pack mixes lengths drawn from across the dataset.",
+    "shuffle": "best fit in a seeded random order: the most mixed packs, at a small efficiency cost "
+    "(about 1-2 points on reference-like data).",
+}
+DEFAULT_STRATEGY = "window"
+DEFAULT_WINDOW = 8192
+OVERFLOW_POLICIES = {
+    "drop": "sequences longer than the capacity are left out (counted and reported)",
+    "truncate": "sequences longer than the capacity keep their first `capacity` tokens (the rest is counted)",
+    "split": "sequences longer than the capacity are cut into capacity-sized chunks, each packed as a sequence",
+}
+DEFAULT_OVERFLOW = "drop"
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The units a plan places: whole input rows, or capacity-sized pieces of long ones.
+
+    Attributes:
+        row: int64 (m,), the input row each segment comes from (ascending).
+        start: int64 (m,), offset of the segment's first token in that row.
+        length: int32 (m,), tokens in the segment, ``1 <= length <= capacity``.
+        n_rows: rows in the input.
+        tokens_in: tokens in the input.
+        empty_rows: rows with no tokens (skipped).
+        dropped_rows, dropped_tokens: rows longer than the capacity left out whole (``drop``).
+        truncated_rows, truncated_tokens: rows cut to the capacity, and the tokens cut off (``truncate``).
+        split_rows: rows cut into several segments (``split``; no token is lost).
+    """
+
+    row: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    n_rows: int
+    tokens_in: int
+    empty_rows: int
+    dropped_rows: int
+    dropped_tokens: int
+    truncated_rows: int
+    truncated_tokens: int
+    split_rows: int
+
+    @property
+    def tokens(self) -> int:
+        return int(self.length.sum(dtype=np.int64))
+
+
+def _check_capacity(capacity) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
+        raise PackerError(f"capacity must be an integer, got {capacity!r}")
+    if capacity <= 0:
+        raise PackerError(f"capacity must be positive, got {capacity}; pass --max-length 20000 or another size")
+    if capacity >= 2**31:
+        raise PackerError(f"capacity {capacity:,} does not fit int32 offsets; use a capacity below 2**31")
+    return int(capacity)
+
+
+def make_segments(lengths: np.ndarray, *, capacity: int, overflow: str = DEFAULT_OVERFLOW) -> Segments:
+    """Apply the overflow policy to per-row ``lengths`` (int, (n,)) and return what the kernel will place.
+
+    Example:
+        >>> s = make_segments(np.array([3, 0, 25], dtype=np.int64), capacity=10, overflow="split")
+        >>> s.row.tolist(), s.start.tolist(), s.length.tolist(), s.empty_rows
+        ([0, 2, 2, 2], [0, 0, 10, 20], [3, 10, 10, 5], 1)
+    """
+    capacity = _check_capacity(capacity)
+    if overflow not in OVERFLOW_POLICIES:
+        raise PackerError(f"unknown overflow policy {overflow!r}; choose one of {', '.join(OVERFLOW_POLICIES)}")
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+        raise PackerError(f"lengths must be a 1-D integer array, got {lengths.dtype} with shape {lengths.shape}")
+    if lengths.size and lengths.min() < 0:
+        bad = int(np.argmax(lengths < 0))
+        raise PackerError(f"row {bad} has a negative length {int(lengths[bad])}")
+    lengths = lengths.astype(np.int64, copy=False)
+    n = lengths.shape[0]
+    tokens_in = int(lengths.sum())
+    nonempty = lengths > 0
+    long = lengths > capacity
+    counts = dict(
+        n_rows=n,
+        tokens_in=tokens_in,
+        empty_rows=int(n - np.count_nonzero(nonempty)),
+        dropped_rows=0,
+        dropped_tokens=0,
+        truncated_rows=0,
+        truncated_tokens=0,
+        split_rows=0,
+    )
+    if overflow == "split":
+        chunks = np.where(nonempty, -(-lengths // capacity), 0)
+        row = np.repeat(np.arange(n, dtype=np.int64), chunks)
+        first = np.cumsum(chunks) - chunks  # first segment of each row
+        piece = np.arange(row.shape[0], dtype=np.int64) - np.repeat(first, chunks)
+        start = piece * capacity
+        length = np.minimum(lengths[row] - start, capacity)
+        counts["split_rows"] = int(np.count_nonzero(long))
+    else:
+        keep = nonempty & ~long if overflow == "drop" else nonempty
+        row = np.flatnonzero(keep).astype(np.int64)
+        start = np.zeros(row.shape[0], dtype=np.int64)
+        length = np.minimum(lengths[row], capacity)
+        if overflow == "drop":
+            counts["dropped_rows"] = int(np.count_nonzero(long))
+            counts["dropped_tokens"] = int(lengths[long].sum())
+        else:
+            counts["truncated_rows"] = int(np.count_nonzero(long))
+            counts["truncated_tokens"] = int((lengths[long] - capacity).sum())
+    return Segments(row=row, start=start, length=length.astype(np.int32), **counts)
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Where every sequence goes, as flat arrays (CSR layout).
+
+    Attributes:
+        pack_ids: int32 (n,), the pack of sequence ``i``.
+        members: int64 (n,), sequence indices grouped by pack, in placement order within a pack.
+        pack_offsets: int64 (n_packs + 1,), pack ``p`` holds ``members[pack_offsets[p]:pack_offsets[p + 1]]``.
+        pack_tokens: int64 (n_packs,), tokens in each pack.
+        capacity, strategy, seed, window: how the plan was made.
+    """
+
+    pack_ids: np.ndarray
+    members: np.ndarray
+    pack_offsets: np.ndarray
+    pack_tokens: np.ndarray
+    capacity: int
+    strategy: str
+    seed: int
+    window: int
+
+    @property
+    def n_packs(self) -> int:
+        return int(self.pack_tokens.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.pack_tokens.sum())
+
+    @property
+    def lower_bound(self) -> int:
+        """``ceil(tokens / capacity)``: no plan can use fewer packs."""
+        return math.ceil(self.tokens / self.capacity)
+
+    @property
+    def efficiency(self) -> float:
+        """``tokens / (packs * capacity)``; 1.0 for an empty plan."""
+        return self.tokens / (self.n_packs * self.capacity) if self.n_packs else 1.0
+
+
+def placement_order(lengths: np.ndarray, *, capacity: int, strategy: str, seed: int, window: int) -> np.ndarray:
+    """The order a strategy places sequences in: int64 (n,) permutation of ``range(n)``."""
+    if strategy in ("bfd", "ffd"):
+        return kernels.sort_desc(lengths, capacity)
+    order = np.random.default_rng(seed).permutation(lengths.shape[0]).astype(np.int64)
+    if strategy == "window":
+        order = kernels.sort_desc_in_windows(order, lengths, window)
+    return order
+
+
+def plan_packs(
+    lengths: np.ndarray,
+    *,
+    capacity: int = 20_000,
+    strategy: str = DEFAULT_STRATEGY,
+    seed: int = 0,
+    window: int = DEFAULT_WINDOW,
+) -> PackPlan:
+    """Pack sequences of the given lengths into packs of ``capacity`` tokens.
+
+    Args:
+        lengths: integer array (n,), every value in ``[1, capacity]`` (apply :func:`make_segments` first to
+            handle empty and over-long rows).
+        capacity: tokens per pack.
+        strategy: one of :data:`STRATEGIES`.
+        seed: seeds the shuffle of ``window`` and ``shuffle`` (ignored by ``bfd``/``ffd``).
+        window: sequences per window for ``window``.
+
+    Returns:
+        A :class:`PackPlan`; the same input and arguments always give the same plan.
+    """
+    capacity = _check_capacity(capacity)
+    if strategy not in STRATEGIES:
+        raise PackerError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window <= 0:
+        raise PackerError(f"window must be a positive integer, got {window!r}")
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+        raise PackerError(f"lengths must be a 1-D integer array, got {lengths.dtype} with shape {lengths.shape}")
+    if lengths.size:
+        if lengths.min() < 1:
+            bad = int(np.argmax(lengths < 1))
+            raise PackerError(f"sequence {bad} has length {int(lengths[bad])}; every sequence needs >= 1 token")
+        if lengths.max() > capacity:
+            bad = int(np.argmax(lengths > capacity))
+            raise PackerError(
+                f"sequence {bad} has {int(lengths[bad]):,} tokens, more than the capacity {capacity:,}; "
+                "apply an overflow policy first (--overflow drop, truncate or split)"
+            )
+    lengths = lengths.astype(np.int32, copy=False)
+    order = placement_order(lengths, capacity=capacity, strategy=strategy, seed=seed, window=int(window))
+    kernel = kernels.first_fit if strategy == "ffd" else kernels.best_fit
+    slot_lengths = lengths[order]
+    slot_pack, n_packs = kernel(slot_lengths, capacity)
+    pack_ids, members, pack_offsets, pack_tokens = kernels.group_by_pack(slot_pack, order, slot_lengths, n_packs)
+    return PackPlan(
+        pack_ids=pack_ids,
+        members=members,
+        pack_offsets=pack_offsets,
+        pack_tokens=pack_tokens,
+        capacity=capacity,
+        strategy=strategy,
+        seed=int(seed),
+        window=int(window),
+    )

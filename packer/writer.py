@@ -1,0 +1,286 @@
+"""Writing a packed folder: shards into a hidden temporary sibling folder, manifest last, one rename into place.
+
+A reader therefore sees either no folder or a complete one: the manifest (:data:`packer.format.MANIFEST_FILE`) is
+written after every shard has been flushed and fsynced, and the folder only gets its final name by an atomic
+``os.rename`` once the manifest is there. An error or a kill leaves at most a ``.packer-tmp-*`` folder, which the
+next run into the same output removes.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from packer import format as fmt
+from packer.errors import PackerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What was written for one shard (kept in the manifest)."""
+
+    file: str
+    rows: int
+    tokens: int
+    sequences: int
+    bytes: int
+    sha256: str
+
+
+class _HashingSink:
+    """A binary file that hashes everything written to it, so checksums cost no second read."""
+
+    def __init__(self, path: Path):
+        self._fh = open(path, "wb")
+        self._hash = hashlib.sha256()
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        self._fh.write(view)
+        self._pos += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self.closed = True
+
+    def abort(self) -> None:
+        """Close without flushing or raising (after an error); a no-op once closed."""
+        if not self.closed:
+            self.closed = True
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray, typ: pa.DataType) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32, copy=False)), pa.array(values, type=typ))
+
+
+def shard_table(
+    *,
+    input_ids: np.ndarray,
+    labels: np.ndarray,
+    token_offsets: np.ndarray,
+    seq_lengths: np.ndarray,
+    seq_offsets: np.ndarray,
+    seq_index: np.ndarray,
+    seq_start: np.ndarray,
+) -> pa.Table:
+    """Build one shard's table from flat arrays (see :mod:`packer.format` for the columns).
+
+    Args:
+        input_ids, labels: int32 (tokens,), the packs' tokens back to back.
+        token_offsets: int64 (rows + 1,), pack ``r`` holds ``input_ids[token_offsets[r]:token_offsets[r + 1]]``.
+        seq_lengths: int32 (sequences,), the sequences back to back in pack order.
+        seq_offsets: int64 (rows + 1,), pack ``r`` holds sequences ``seq_offsets[r]:seq_offsets[r + 1]``.
+        seq_index: int64 (sequences,), each sequence's input row.
+        seq_start: int (sequences,), each sequence's first token in its input row.
+    """
+    rows = token_offsets.shape[0] - 1
+    # cu_seqlens of pack r: 0, then the running sum of its sequence lengths (restarting at every pack)
+    cum = np.zeros(seq_lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(seq_lengths, out=cum[1:])
+    starts_per_seq = np.repeat(cum[seq_offsets[:-1]], np.diff(seq_offsets))
+    cu_values = np.empty(seq_lengths.shape[0] + rows, dtype=np.int32)
+    cu_offsets = seq_offsets + np.arange(rows + 1, dtype=np.int64)
+    is_first = np.zeros(cu_values.shape[0], dtype=bool)
+    is_first[cu_offsets[:-1]] = True
+    cu_values[is_first] = 0
+    cu_values[~is_first] = cum[1:] - starts_per_seq
+    arrays = [
+        _list_array(token_offsets, input_ids, pa.int32()),
+        _list_array(token_offsets, labels, pa.int32()),
+        _list_array(cu_offsets, cu_values, pa.int32()),
+        _list_array(seq_offsets, seq_index.astype(np.int64, copy=False), pa.int64()),
+        _list_array(seq_offsets, seq_start.astype(np.int32, copy=False), pa.int32()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=fmt.SCHEMA)
+
+
+class PackedWriter:
+    """Context manager that writes a packed folder atomically.
+
+    Example:
+        >>> with PackedWriter("out", n_shards=2) as w:           # doctest: +SKIP
+        ...     w.write_shard(0, table0); w.write_shard(1, table1)
+        ...     manifest = w.finish({"format": ...})
+    """
+
+    def __init__(self, output: str | os.PathLike, *, n_shards: int, overwrite: bool = False):
+        self.output = Path(output)
+        self.n_shards = n_shards
+        self.overwrite = overwrite
+        self.shards: list[ShardInfo | None] = [None] * n_shards
+        self.tmp: Path | None = None
+        self._lock_fd: int | None = None
+        self._done = False
+
+    @property
+    def lock_path(self) -> Path:
+        return self.output.parent / (f".{self.output.name}{fmt.LOCK_FILE_SUFFIX}")
+
+    def _acquire_lock(self) -> None:
+        import fcntl
+
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise PackerError(
+                    f"{self.output}: another packer run is writing this output right now; wait for it or choose "
+                    "another --output"
+                ) from None
+            raise
+        self._lock_fd = fd
+
+    def _remove_stale_tmp(self) -> None:
+        prefix = f"{fmt.TMP_DIR_PREFIX}{self.output.name}-"
+        for p in self.output.parent.glob(prefix + "*"):
+            log.info("removing %s left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+    def __enter__(self) -> "PackedWriter":
+        parent = self.output.parent
+        if not parent.is_dir():
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise PackerError(f"{parent}: cannot create the output's parent folder ({e.strerror})") from None
+        if self.output.exists() and not self.overwrite:
+            raise PackerError(f"{self.output}: already exists; pass --overwrite to replace it")
+        try:
+            self._acquire_lock()
+        except OSError as e:
+            raise PackerError(f"{self.output}: cannot lock the output ({e.strerror})") from None
+        if self.output.exists() and not self.overwrite:  # another run finished while we waited for the lock
+            self._release_lock()
+            raise PackerError(f"{self.output}: already exists; pass --overwrite to replace it")
+        self._remove_stale_tmp()
+        self.tmp = parent / f"{fmt.TMP_DIR_PREFIX}{self.output.name}-{uuid.uuid4().hex[:12]}"
+        try:
+            self.tmp.mkdir()
+        except OSError as e:
+            self._release_lock()
+            raise PackerError(f"{parent}: cannot write here ({e.strerror})") from None
+        return self
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp is not None and self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release_lock()
+
+    def write_shard(self, index: int, table: pa.Table) -> ShardInfo:
+        """Write shard ``index`` (an Arrow IPC stream, readable memory-mapped) and fsync it."""
+        assert self.tmp is not None, "use PackedWriter as a context manager"
+        name = fmt.shard_name(index, self.n_shards)
+        try:
+            sink = _HashingSink(self.tmp / name)
+            try:
+                with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
+                    w.write_table(table)
+                sink.close()
+            finally:
+                sink.abort()
+        except (OSError, pa.ArrowException) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            raise PackerError(f"{self.tmp / name}: write failed ({reason}); check free space and permissions") from None
+        info = ShardInfo(
+            file=name,
+            rows=table.num_rows,
+            tokens=int(pc.list_value_length(table.column(fmt.INPUT_IDS)).to_numpy().sum()),
+            sequences=int(pc.list_value_length(table.column(fmt.SEQ_INDEX)).to_numpy().sum()),
+            bytes=sink.tell(),
+            sha256=sink.hexdigest(),
+        )
+        self.shards[index] = info
+        return info
+
+    def finish(self, manifest: dict) -> dict:
+        """Write the manifest and the ``datasets`` files, then move the folder into place. Returns the manifest."""
+        assert self.tmp is not None
+        missing = [i for i, s in enumerate(self.shards) if s is None]
+        if missing:
+            raise RuntimeError(f"shard {missing[0]} was never written")
+        manifest = dict(manifest)
+        manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
+        try:
+            self._write_json(fmt.HF_INFO_FILE, {"features": fmt.hf_features(), "description": "packed by packer"})
+            self._write_json(
+                fmt.HF_STATE_FILE,
+                {
+                    "_data_files": [{"filename": s.file} for s in self.shards],
+                    "_fingerprint": manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer")[:16],
+                    "_format_columns": None,
+                    "_format_kwargs": {},
+                    "_format_type": None,
+                    "_output_all_columns": False,
+                    "_split": None,
+                },
+            )
+            self._write_json(fmt.MANIFEST_FILE, manifest)
+            _fsync_dir(self.tmp)
+            if self.output.exists():
+                trash = self.output.parent / f"{fmt.TMP_DIR_PREFIX}{self.output.name}-old-{uuid.uuid4().hex[:8]}"
+                os.rename(self.output, trash)
+                os.rename(self.tmp, self.output)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(self.tmp, self.output)
+            _fsync_dir(self.output.parent)
+        except OSError as e:
+            raise PackerError(f"{self.output}: could not finish writing ({e.strerror or e})") from None
+        self.tmp = None
+        self._done = True
+        return manifest
+
+    def _write_json(self, name: str, obj: dict) -> None:
+        path = self.tmp / name
+        with open(path, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
