@@ -22,7 +22,7 @@ from packer.errors import PackerError
 from packer.plan import (
     DEFAULT_OVERFLOW,
     DEFAULT_STRATEGY,
-    DEFAULT_WINDOW,
+    DEFAULT_FILLER,
     PackPlan,
     Segments,
     make_segments,
@@ -45,7 +45,7 @@ class PackConfig:
         capacity: tokens per pack (``--max-length``).
         strategy: a key of :data:`packer.plan.STRATEGIES`.
         seed: seeds the shuffling strategies.
-        window: sequences per window for the ``window`` strategy.
+        filler: for the ``mixed`` strategy, the share of (shortest) sequences held back to fill gaps.
         overflow: a key of :data:`packer.plan.OVERFLOW_POLICIES`.
         shard_size: packs per output shard.
         columns: which input columns to read.
@@ -54,7 +54,7 @@ class PackConfig:
     capacity: int = fmt.DEFAULT_CAPACITY
     strategy: str = DEFAULT_STRATEGY
     seed: int = 0
-    window: int = DEFAULT_WINDOW
+    filler: float = DEFAULT_FILLER
     overflow: str = DEFAULT_OVERFLOW
     shard_size: int = fmt.DEFAULT_SHARD_SIZE
     columns: Columns = field(default_factory=Columns)
@@ -223,7 +223,7 @@ def pack_dataset(
     if segments.empty_rows:
         log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics", segments.empty_rows)
     plan = plan_packs(
-        segments.length, capacity=config.capacity, strategy=config.strategy, seed=config.seed, window=config.window
+        segments.length, capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler
     )
     timings["plan"] = time.perf_counter() - t
     if plan.n_packs == 0:
