@@ -220,8 +220,6 @@ def pack_dataset(
 
     t = time.perf_counter()
     segments = make_segments(lengths, capacity=config.capacity, overflow=config.overflow)
-    if segments.empty_rows:
-        log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics", segments.empty_rows)
     plan = plan_packs(
         segments.length, capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler
     )
@@ -229,6 +227,8 @@ def pack_dataset(
     if plan.n_packs == 0:
         raise PackerError(f"{inp.files[0]}: the input holds no tokens to pack ({segments.n_rows} rows, all empty"
                           f"{' or dropped' if segments.dropped_rows else ''})")
+    if segments.empty_rows:
+        log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics", segments.empty_rows)
 
     t = time.perf_counter()
     n_shards = math.ceil(plan.n_packs / config.shard_size)
@@ -244,6 +244,7 @@ def pack_dataset(
             label_tokens += n_labels
             bar.update(int(plan.pack_tokens[p0:p1].sum()))
         timings["write"] = time.perf_counter() - t
+        timings["total"] = sum(timings.values())
         stats = compute_stats(lengths, segments, plan, label_tokens=label_tokens)
         manifest = {
             fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,
@@ -263,7 +264,5 @@ def pack_dataset(
             fmt.MANIFEST_RUN: {"seconds": {k: round(v, 4) for k, v in timings.items()}},
         }
         manifest = writer.finish(manifest)
-    timings["total"] = sum(timings.values())
-    manifest[fmt.MANIFEST_RUN]["seconds"] = {k: round(v, 4) for k, v in timings.items()}
     log.info("packed %s tokens into %s packs in %.2fs", f"{plan.tokens:,}", f"{plan.n_packs:,}", timings["total"])
     return manifest

@@ -41,7 +41,7 @@ def check_packed(folder, rows_ids: list[np.ndarray], rows_labels: list[np.ndarra
             want = rows_ids[row][start : start + n]
             assert n == want.shape[0], f"pack {r} sequence {k}: {n} tokens but input row {row} has {want.shape[0]}"
             assert np.array_equal(ids[cu[k] : cu[k + 1]], want), f"pack {r} sequence {k}: tokens differ"
-            want_labels = (rows_labels[row] if rows_labels is not None else rows_ids[row])[start : start + n].copy()
+            want_labels = (rows_labels[row] if rows_labels is not None else rows_ids[row])[start : start + n].astype(np.int64)
             want_labels[0] = fmt.IGNORE_INDEX
             assert np.array_equal(labels[cu[k] : cu[k + 1]], want_labels), f"pack {r} sequence {k}: labels differ"
             seen.append((row, start, n))
