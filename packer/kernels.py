@@ -45,6 +45,25 @@ def sort_desc(lengths, capacity):
 
 
 @njit(cache=True)
+def sorted_desc_lengths(lengths, capacity):
+    """``lengths`` sorted descending (int32, (n,)), equal to ``lengths[sort_desc(lengths, capacity)]``.
+
+    Built from the counts alone: at 100M lengths this sequential fill takes about 0.3 s where gathering through the
+    order (random reads over 400 MB) took 1.5-2.3 s on the development machine.
+    """
+    counts = np.zeros(capacity + 1, dtype=np.int64)
+    for i in range(lengths.shape[0]):
+        counts[lengths[i]] += 1
+    out = np.empty(lengths.shape[0], dtype=np.int32)
+    j = 0
+    for v in range(capacity, -1, -1):
+        for _ in range(counts[v]):
+            out[j] = v
+            j += 1
+    return out
+
+
+@njit(cache=True)
 def _tree_set(tree, size, leaf):
     i = size + leaf
     while i >= 1 and tree[i] == 0:
@@ -104,8 +123,9 @@ def best_fit(lengths, capacity):
     n = lengths.shape[0]
     size = _next_pow2(capacity + 1)
     tree = np.zeros(2 * size, dtype=np.uint8)
-    head = np.full(capacity + 1, -1, dtype=np.int64)
-    nxt = np.empty(n, dtype=np.int64)
+    head = np.full(capacity + 1, -1, dtype=np.int32)
+    # int32 links: pack ids already are int32; at 100M sequences this saves 400 MB against int64
+    nxt = np.empty(n, dtype=np.int32)
     pack_ids = np.empty(n, dtype=np.int32)
     n_packs = 0
     for j in range(n):
