@@ -12,8 +12,11 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 
 from packer import __version__
 from packer import format as fmt
@@ -28,7 +31,10 @@ from packer.plan import (
     make_segments,
     plan_packs,
 )
-from packer.reader import Columns, TokenizedInput, open_input
+from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
+from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, UriWriter, iter_jobs, make_plan
+from packer.reader import Columns, TokenizedInput
+from packer.sources import filesystem, is_uri, scan_inputs
 from packer.stats import compute_stats
 from packer.writer import PackedWriter, shard_table
 
@@ -49,6 +55,8 @@ class PackConfig:
         overflow: a key of :data:`packer.plan.OVERFLOW_POLICIES`.
         shard_size: packs per output shard.
         columns: which input columns to read.
+        plan: a key of :data:`packer.jobs.PLANS`: one global plan, or groups of input files planned apart.
+        group_size: input files per group for ``plan="grouped"``.
     """
 
     capacity: int = fmt.DEFAULT_CAPACITY
@@ -58,8 +66,14 @@ class PackConfig:
     overflow: str = DEFAULT_OVERFLOW
     shard_size: int = fmt.DEFAULT_SHARD_SIZE
     columns: Columns = field(default_factory=Columns)
+    plan: str = DEFAULT_PLAN
+    group_size: int = 1
 
     def __post_init__(self):
+        if self.plan not in PLANS:
+            raise PackerError(f"unknown plan {self.plan!r}; choose one of {', '.join(PLANS)}")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
+            raise PackerError(f"group size must be a positive number of input files, got {self.group_size!r}")
         if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size <= 0:
             raise PackerError(f"shard size must be a positive number of packs, got {self.shard_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -106,7 +120,9 @@ class _Gatherer:
         ids = np.empty(total, dtype=np.int32)
         labels = np.empty(total, dtype=np.int32)
         chunk_of = self._where(rows)
-        by_chunk = np.argsort(chunk_of, kind="stable")
+        # in input order: chunks come one after the other (one open batch at a time for remote inputs) and
+        # memory-mapped reads move forward through each file, which lets the kernel's readahead help
+        by_chunk = np.argsort(rows, kind="stable")
         bounds = np.flatnonzero(np.diff(chunk_of[by_chunk])) + 1
         mode = "labels" if self.inp.columns.labels else "mask" if self.inp.columns.loss_mask else "ids"
         for group in np.split(by_chunk, bounds) if seg.shape[0] else []:
@@ -185,6 +201,25 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="tok", unit_scale=True, desc="packing", disable=not enabled, leave=False)
 
 
+def _staging_for(output: str) -> str:
+    """A fresh staging folder beside ``output`` (for Parquet inputs converted to Arrow); removed at the end."""
+    import uuid
+
+    parent, name = (output.rstrip("/").rsplit("/", 1) if is_uri(output)
+                    else (str(Path(output).resolve().parent), Path(output).name))
+    return f"{parent}/{fmt.TMP_DIR_PREFIX}stage-{name}-{uuid.uuid4().hex[:12]}"
+
+
+def _remove(folder: str | None) -> None:
+    if folder is None:
+        return
+    fs, inner, _ = filesystem(folder)
+    try:
+        fs.delete_dir(inner)
+    except (OSError, pa.ArrowException, FileNotFoundError):
+        pass
+
+
 def pack_dataset(
     inputs,
     output: str | os.PathLike,
@@ -192,15 +227,26 @@ def pack_dataset(
     config: PackConfig = PackConfig(),
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
+    engine: str = DEFAULT_ENGINE,
+    ray_address: str | None = None,
 ) -> dict:
     """Pack tokenized input files into a packed folder (see :mod:`packer.format`) and return its manifest.
 
+    Memory holds the per-sequence plan (about 40 bytes per sequence) plus at most ``2 * workers`` shards in flight,
+    whatever the number of tokens; see ``docs/scale.md``.
+
     Args:
-        inputs: a path or a list of paths (files, folders, globs; see :mod:`packer.reader`).
-        output: the packed folder to create.
+        inputs: a path or a list of paths (files, folders, globs; see :mod:`packer.reader`), or URIs that
+            :mod:`pyarrow.fs` supports (``s3://bucket/prefix``).
+        output: the packed folder to create (a path, or a URI).
         config: how to pack.
         overwrite: replace ``output`` if it exists.
         progress: show a tqdm bar counting tokens.
+        workers: processes that gather and write shards (``engine="local"``), or Ray CPUs to start a local Ray
+            instance with (``engine="ray"``). The output is byte-identical whatever the number.
+        engine: ``"local"`` or ``"ray"`` (see :data:`packer.engines.ENGINES`).
+        ray_address: the Ray cluster to join (``engine="ray"``); default: start a local instance.
 
     Raises:
         PackerError: for any input or option packer cannot use; nothing is left at ``output`` then.
@@ -210,59 +256,89 @@ def pack_dataset(
         >>> manifest["stats"]["packing_efficiency"] > 0.99                          # doctest: +SKIP
         True
     """
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
+    check_engine(engine, workers)
+    if engine == "ray":
+        import_ray()
+    output = str(output)
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    inp = open_input(list(inputs), columns=config.columns)
-    lengths = inp.lengths()
-    timings["open"] = time.perf_counter() - t
+    t_start = t = time.perf_counter()
+    staging = _staging_for(output)
+    try:
+        catalog = scan_inputs(inputs, columns=config.columns, staging=staging)
+        timings["open"] = time.perf_counter() - t
+        t = time.perf_counter()
+        segments, plan, plan_info = make_plan(catalog.lengths, config=config, file_rows=catalog.file_rows)
+        timings["plan"] = time.perf_counter() - t
+        if plan.n_packs == 0:
+            raise PackerError(f"{catalog.files[0].name}: the input holds no tokens to pack ({segments.n_rows} rows, "
+                              f"all empty{' or dropped' if segments.dropped_rows else ''})")
+        if segments.empty_rows:
+            log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics",
+                        segments.empty_rows)
 
-    t = time.perf_counter()
-    segments = make_segments(lengths, capacity=config.capacity, overflow=config.overflow)
-    plan = plan_packs(
-        segments.length, capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler
-    )
-    timings["plan"] = time.perf_counter() - t
-    if plan.n_packs == 0:
-        raise PackerError(f"{inp.files[0]}: the input holds no tokens to pack ({segments.n_rows} rows, all empty"
-                          f"{' or dropped' if segments.dropped_rows else ''})")
-    if segments.empty_rows:
-        log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics", segments.empty_rows)
+        t = time.perf_counter()
+        n_shards = math.ceil(plan.n_packs / config.shard_size)
+        Writer = UriWriter if is_uri(output) else PackedWriter
+        label_tokens = 0
+        phase = {"gather": 0.0, "write": 0.0}
+        with Writer(output, n_shards=n_shards, overwrite=overwrite) as writer, _progress(plan.tokens, progress) as bar:
+            def on_result(r: ShardResult) -> None:
+                nonlocal label_tokens
+                writer.add_shard(r.index, r.info)
+                label_tokens += r.label_tokens
+                phase["gather"] += r.gather_s
+                phase["write"] += r.write_s
+                bar.update(r.tokens)
 
-    t = time.perf_counter()
-    n_shards = math.ceil(plan.n_packs / config.shard_size)
-    gatherer = _Gatherer(inp, segments)
-    label_tokens = 0
-    with PackedWriter(output, n_shards=n_shards, overwrite=overwrite) as writer, _progress(
-        plan.tokens, progress
-    ) as bar:
-        for s in range(n_shards):
-            p0, p1 = s * config.shard_size, min((s + 1) * config.shard_size, plan.n_packs)
-            table, n_labels = build_shard(gatherer, plan, p0, p1)
-            writer.write_shard(s, table)
-            label_tokens += n_labels
-            bar.update(int(plan.pack_tokens[p0:p1].sum()))
-        timings["write"] = time.perf_counter() - t
-        timings["total"] = sum(timings.values())
-        stats = compute_stats(lengths, segments, plan, label_tokens=label_tokens)
-        manifest = {
-            fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,
-            fmt.MANIFEST_VERSION: fmt.FORMAT_VERSION,
-            "packer_version": __version__,
-            fmt.MANIFEST_CONFIG: config.to_json(),
-            fmt.MANIFEST_INPUT: {
-                "files": [
-                    {"path": os.path.abspath(p), "rows": int(r), "bytes": int(b)}
-                    for p, r, b in zip(inp.files, inp.file_rows, inp.file_bytes)
-                ],
-                "rows": inp.n_rows,
-                "tokens": segments.tokens_in,
-                "fingerprint": input_fingerprint(inp, lengths),
-            },
-            fmt.MANIFEST_STATS: stats,
-            fmt.MANIFEST_RUN: {"seconds": {k: round(v, 4) for k, v in timings.items()}},
-        }
-        manifest = writer.finish(manifest)
-    log.info("packed %s tokens into %s packs in %.2fs", f"{plan.tokens:,}", f"{plan.n_packs:,}", timings["total"])
+            jobs = iter_jobs(catalog, segments, plan, shard_size=config.shard_size, dest=str(writer.tmp))
+            slots = run_jobs(jobs, on_result, engine=engine, workers=workers, ray_address=ray_address)
+            timings["write"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t_start
+            stats = compute_stats(catalog.lengths, segments, plan, label_tokens=label_tokens)
+            stats.update(plan_info)
+            inp = SimpleNamespace(files=[f.name for f in catalog.files], file_rows=catalog.file_rows,
+                                  file_bytes=catalog.file_bytes)
+            out_bytes = sum(s.bytes for s in writer.shards)
+            manifest = {
+                fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,
+                fmt.MANIFEST_VERSION: fmt.FORMAT_VERSION,
+                "packer_version": __version__,
+                fmt.MANIFEST_CONFIG: config.to_json(),
+                fmt.MANIFEST_INPUT: {
+                    "files": [
+                        {"path": f.name if is_uri(f.name) else os.path.abspath(f.name), "rows": int(f.rows),
+                         "bytes": int(f.bytes)}
+                        for f in catalog.files
+                    ],
+                    "rows": catalog.n_rows,
+                    "tokens": segments.tokens_in,
+                    "fingerprint": input_fingerprint(inp, catalog.lengths),
+                },
+                fmt.MANIFEST_STATS: stats,
+                fmt.MANIFEST_RUN: {
+                    "seconds": {k: round(v, 4) for k, v in timings.items()},
+                    # summed over workers: which phase the shard jobs spend their time in
+                    "job_seconds": {k: round(v, 4) for k, v in phase.items()},
+                    "engine": engine,
+                    "workers": slots,
+                    "tokens_per_second": round(plan.tokens / timings["total"], 1),
+                    "output_bytes": out_bytes,
+                },
+            }
+            manifest = writer.finish(manifest)
+    finally:
+        _remove(catalog.staging if "catalog" in locals() else staging)
+    log.info("%s", summary_line(manifest))
     return manifest
+
+
+def summary_line(manifest: dict) -> str:
+    """One line: what was packed, how long it took, and the throughput."""
+    s, run = manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]
+    secs = run["seconds"]["total"]
+    return (
+        f"packed {s['tokens_out']:,} tokens ({s['sequences_out']:,} sequences) into {s['packs']:,} packs "
+        f"({len(manifest[fmt.MANIFEST_SHARDS])} shards, {run['output_bytes'] / 1e6:,.1f} MB) in {secs:.2f}s: "
+        f"{s['tokens_out'] / max(secs, 1e-9) / 1e6:,.2f} M tok/s, {run['output_bytes'] / max(secs, 1e-9) / 1e6:,.1f} "
+        f"MB/s written ({run['engine']} engine, {run['workers']} worker{'s' if run['workers'] != 1 else ''})"
+    )

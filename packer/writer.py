@@ -126,6 +126,52 @@ def shard_table(
     return pa.Table.from_arrays(arrays, schema=fmt.SCHEMA)
 
 
+def shard_info(name: str, table: pa.Table, nbytes: int, sha256: str) -> ShardInfo:
+    return ShardInfo(
+        file=name,
+        rows=table.num_rows,
+        tokens=int(pc.list_value_length(table.column(fmt.INPUT_IDS)).to_numpy().sum()),
+        sequences=int(pc.list_value_length(table.column(fmt.SEQ_INDEX)).to_numpy().sum()),
+        bytes=nbytes,
+        sha256=sha256,
+    )
+
+
+def write_shard_file(path: Path, table: pa.Table) -> ShardInfo:
+    """Write one shard file (an Arrow IPC stream of :data:`packer.format.SCHEMA`), hashing while writing; fsync."""
+    path = Path(path)
+    try:
+        sink = _HashingSink(path)
+        try:
+            with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
+                w.write_table(table)
+            sink.close()
+        finally:
+            sink.abort()
+    except (OSError, pa.ArrowException) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise PackerError(f"{path}: write failed ({reason}); check free space and permissions") from None
+    return shard_info(path.name, table, sink.tell(), sink.hexdigest())
+
+
+def hf_state(shards: list[ShardInfo], fingerprint: str) -> dict:
+    """The ``state.json`` that lets ``datasets.load_from_disk`` open a packed folder."""
+    return {
+        "_data_files": [{"filename": s.file} for s in shards],
+        "_fingerprint": fingerprint[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+
+
+def hf_info() -> dict:
+    """The ``dataset_info.json`` of a packed folder."""
+    return {"features": fmt.hf_features(), "description": "packed by packer"}
+
+
 class PackedWriter:
     """Context manager that writes a packed folder atomically.
 
@@ -208,26 +254,10 @@ class PackedWriter:
     def write_shard(self, index: int, table: pa.Table) -> ShardInfo:
         """Write shard ``index`` (an Arrow IPC stream, readable memory-mapped) and fsync it."""
         assert self.tmp is not None, "use PackedWriter as a context manager"
-        name = fmt.shard_name(index, self.n_shards)
-        try:
-            sink = _HashingSink(self.tmp / name)
-            try:
-                with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
-                    w.write_table(table)
-                sink.close()
-            finally:
-                sink.abort()
-        except (OSError, pa.ArrowException) as e:
-            reason = getattr(e, "strerror", None) or str(e)
-            raise PackerError(f"{self.tmp / name}: write failed ({reason}); check free space and permissions") from None
-        info = ShardInfo(
-            file=name,
-            rows=table.num_rows,
-            tokens=int(pc.list_value_length(table.column(fmt.INPUT_IDS)).to_numpy().sum()),
-            sequences=int(pc.list_value_length(table.column(fmt.SEQ_INDEX)).to_numpy().sum()),
-            bytes=sink.tell(),
-            sha256=sink.hexdigest(),
-        )
+        return self.add_shard(index, write_shard_file(self.tmp / fmt.shard_name(index, self.n_shards), table))
+
+    def add_shard(self, index: int, info: ShardInfo) -> ShardInfo:
+        """Record shard ``index`` written into :attr:`tmp` by someone else (a worker process, a Ray task)."""
         self.shards[index] = info
         return info
 
@@ -240,18 +270,9 @@ class PackedWriter:
         manifest = dict(manifest)
         manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
         try:
-            self._write_json(fmt.HF_INFO_FILE, {"features": fmt.hf_features(), "description": "packed by packer"})
+            self._write_json(fmt.HF_INFO_FILE, hf_info())
             self._write_json(
-                fmt.HF_STATE_FILE,
-                {
-                    "_data_files": [{"filename": s.file} for s in self.shards],
-                    "_fingerprint": manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer")[:16],
-                    "_format_columns": None,
-                    "_format_kwargs": {},
-                    "_format_type": None,
-                    "_output_all_columns": False,
-                    "_split": None,
-                },
+                fmt.HF_STATE_FILE, hf_state(self.shards, manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer"))
             )
             self._write_json(fmt.MANIFEST_FILE, manifest)
             _fsync_dir(self.tmp)

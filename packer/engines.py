@@ -1,0 +1,136 @@
+"""Engines that run shard jobs: in this process, in worker processes, or as Ray tasks.
+
+Every engine runs :func:`packer.jobs.run_shard_job` on the jobs it is given and hands each
+:class:`packer.jobs.ShardResult` to a callback in the parent (which updates the one progress bar and records the
+shard). At most ``2 * workers`` jobs are in flight, so memory holds a bounded number of shards whatever the size of
+the dataset; results may arrive out of order, and the parent orders them by shard index.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+from packer.errors import PackerError
+from packer.jobs import ShardJob, ShardResult, run_shard_job
+
+log = logging.getLogger(__name__)
+
+ENGINES = {
+    "local": "this machine: --workers processes gather and write shards (1: in this process)",
+    "ray": "Ray tasks on a local Ray instance, or on the cluster at --ray-address (pip install 'packer[ray]')",
+}
+DEFAULT_ENGINE = "local"
+RAY_INSTALL = "pip install 'packer[ray]' (or pip install 'ray>=2.9')"
+
+
+def check_engine(engine: str, workers: int) -> None:
+    """Raise :class:`PackerError` for an unknown engine or a bad worker count."""
+    if engine not in ENGINES:
+        raise PackerError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise PackerError(f"workers must be a positive integer, got {workers!r}")
+
+
+def import_ray():
+    """Import Ray, or raise :class:`PackerError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise PackerError(f"--engine ray needs Ray, which is not installed; {RAY_INSTALL}") from None
+    return ray
+
+
+def run_jobs(jobs: Iterable[ShardJob], on_result: Callable[[ShardResult], None], *, engine: str = DEFAULT_ENGINE,
+             workers: int = 1, ray_address: str | None = None) -> int:
+    """Run every job and call ``on_result`` for each result; return the number of parallel slots used."""
+    check_engine(engine, workers)
+    if engine == "ray":
+        return _run_ray(jobs, on_result, workers=workers, address=ray_address)
+    if workers == 1:
+        for job in jobs:
+            on_result(run_shard_job(job))
+        return 1
+    return _run_processes(jobs, on_result, workers=workers)
+
+
+def _context():
+    # forkserver: workers fork from a clean server process (no threads of the parent's tqdm/pyarrow pools), and
+    # the server imports packer once instead of once per worker as spawn would
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["packer.jobs"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _run_processes(jobs: Iterable[ShardJob], on_result, *, workers: int) -> int:
+    it = iter(jobs)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+        pending = set()
+        try:
+            for job in _take(it, 2 * workers):
+                pending.add(pool.submit(run_shard_job, job))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    on_result(fut.result())
+                    for job in _take(it, 1):
+                        pending.add(pool.submit(run_shard_job, job))
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return workers
+
+
+def _take(it, n):
+    for _ in range(n):
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+
+
+def _run_ray(jobs: Iterable[ShardJob], on_result, *, workers: int, address: str | None) -> int:
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            # a local instance sized by --workers (default: every core), without the dashboard
+            ray.init(num_cpus=workers if workers > 1 else os.cpu_count(), include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=False)
+        started = True
+    try:
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(num_cpus=1, max_retries=0)(run_shard_job)
+        it = iter(jobs)
+        pending = [remote.remote(job) for job in _take(it, 2 * slots)]
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    on_result(_ray_get(ray, ref))
+                    pending.extend(remote.remote(job) for job in _take(it, 1))
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return slots
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_get(ray, ref) -> ShardResult:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.cause if hasattr(e, "cause") else None
+        if isinstance(cause, PackerError):
+            raise PackerError(str(cause)) from None
+        raise

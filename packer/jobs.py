@@ -1,0 +1,289 @@
+"""Shard jobs: the unit of work of a conversion, small and picklable, run the same way by every engine.
+
+A :class:`ShardJob` describes one output shard: its packs (as the plan slices it needs: each sequence's input row,
+first token and length, laid out pack by pack), the input files and record batches holding those sequences, and the
+folder to write into. :func:`run_shard_job` opens those batches itself (memory-mapped, or through a pyarrow
+filesystem), gathers the tokens, writes the shard file and returns its :class:`ShardResult`. The parent assembles
+the manifest in shard order, so the output bytes are the same whichever process ran which job.
+
+Plans are *global* (one plan over every sequence: the fewest packs) or *grouped* (consecutive groups of
+``group_size`` input files planned independently and laid one after the other: a shard then reads at most two
+groups' files, at a cost of at most about one extra pack per group).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+
+from packer import format as fmt
+from packer.plan import PackPlan, Segments, make_segments, plan_packs
+from packer.reader import Columns, TokenizedInput
+from packer.sources import BatchChunks, Catalog, InputFile, filesystem, is_uri
+from packer.writer import ShardInfo, shard_info, write_shard_file
+
+PLANS = {
+    "global": "one plan over the whole dataset: the fewest packs (default)",
+    "grouped": "plan each group of --group-size input files on its own: shards read only their group's files, "
+    "at most about one extra pack per group",
+}
+DEFAULT_PLAN = "global"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything needed to build and write output shard ``index`` (a few hundred KB pickled).
+
+    Attributes:
+        index, n_shards: which shard, out of how many.
+        dest: the folder to write into (a local path or a URI).
+        files: all input files (names for messages; the chunks below index them).
+        columns: the input columns.
+        chunks: int64 (k, 3), ``(file, batch, first global row)`` of the record batches this shard reads, ascending.
+        row, start: int64 (m,), each sequence's input row and first token, pack by pack.
+        length: int32 (m,), each sequence's length.
+        pack_offsets: int64 (packs + 1,), pack ``p`` holds sequences ``pack_offsets[p]:pack_offsets[p + 1]``.
+        pack_tokens: int64 (packs,), tokens per pack.
+        n_rows: rows in the whole input.
+    """
+
+    index: int
+    n_shards: int
+    dest: str
+    files: tuple[InputFile, ...]
+    columns: Columns
+    chunks: np.ndarray
+    row: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    pack_offsets: np.ndarray
+    pack_tokens: np.ndarray
+    n_rows: int
+
+    @property
+    def tokens(self) -> int:
+        return int(self.pack_tokens.sum())
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a job returns: the shard's manifest entry, its label-token count and its timings (seconds)."""
+
+    index: int
+    info: ShardInfo
+    label_tokens: int
+    tokens: int
+    gather_s: float
+    write_s: float
+
+
+def make_plan(lengths: np.ndarray, *, config, file_rows: np.ndarray) -> tuple[Segments, PackPlan, dict]:
+    """Segments and plan for ``config.plan``; the dict describes the plan for the manifest's statistics."""
+    kw = dict(capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler)
+    if config.plan == "global":
+        segments = make_segments(lengths, capacity=config.capacity, overflow=config.overflow)
+        return segments, plan_packs(segments.length, **kw), {"plan": "global", "groups": 1}
+    bounds = np.concatenate([[0], np.cumsum(file_rows)])[:: config.group_size]
+    if bounds[-1] != lengths.shape[0]:
+        bounds = np.append(bounds, lengths.shape[0])
+    segs, plans, over = [], [], 0
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        s = make_segments(lengths[r0:r1], capacity=config.capacity, overflow=config.overflow)
+        p = plan_packs(s.length, **kw)
+        segs.append((s, int(r0)))
+        plans.append(p)
+        over += p.n_packs - p.lower_bound
+    segments = Segments(
+        row=np.concatenate([s.row + r0 for s, r0 in segs]),
+        start=np.concatenate([s.start for s, _ in segs]),
+        length=np.concatenate([s.length for s, _ in segs]).astype(np.int32, copy=False),
+        **{k: sum(getattr(s, k) for s, _ in segs) for k in (
+            "tokens_in", "empty_rows", "dropped_rows", "dropped_tokens", "truncated_rows", "truncated_tokens",
+            "split_rows")},
+        n_rows=int(lengths.shape[0]),
+    )
+    seg_base = np.cumsum([0] + [s.row.shape[0] for s, _ in segs])
+    pack_base = np.cumsum([0] + [p.n_packs for p in plans])
+    plan = PackPlan(
+        pack_ids=np.concatenate([p.pack_ids + np.int32(b) for p, b in zip(plans, pack_base)]),
+        members=np.concatenate([p.members + b for p, b in zip(plans, seg_base)]),
+        pack_offsets=np.concatenate([[0]] + [p.pack_offsets[1:] + b for p, b in zip(plans, seg_base)]).astype(
+            np.int64),
+        pack_tokens=np.concatenate([p.pack_tokens for p in plans]).astype(np.int64, copy=False),
+        capacity=config.capacity,
+        strategy=config.strategy,
+        seed=config.seed,
+        filler=config.filler,
+    )
+    info = {"plan": "grouped", "group_size": config.group_size, "groups": len(plans),
+            "group_packs_over_lower_bound": int(over)}
+    return segments, plan, info
+
+
+def iter_jobs(catalog: Catalog, segments: Segments, plan: PackPlan, *, shard_size: int, dest: str):
+    """The shard jobs of a plan, in shard order (a generator: jobs are built as the engine asks for them)."""
+    n_shards = -(-plan.n_packs // shard_size)
+    starts = catalog.chunks[:, 2]
+    files = tuple(catalog.files)
+    for s in range(n_shards):
+        p0, p1 = s * shard_size, min((s + 1) * shard_size, plan.n_packs)
+        m0, m1 = int(plan.pack_offsets[p0]), int(plan.pack_offsets[p1])
+        seg = plan.members[m0:m1]
+        row = segments.row[seg]
+        need = np.unique(np.searchsorted(starts, row, side="right") - 1)
+        yield ShardJob(
+            index=s,
+            n_shards=n_shards,
+            dest=dest,
+            files=files,
+            columns=catalog.columns,
+            chunks=catalog.chunks[need],
+            row=row,
+            start=segments.start[seg],
+            length=segments.length[seg],
+            pack_offsets=plan.pack_offsets[p0 : p1 + 1] - m0,
+            pack_tokens=plan.pack_tokens[p0:p1],
+            n_rows=catalog.n_rows,
+        )
+
+
+class _JobInput(TokenizedInput):
+    """A :class:`TokenizedInput` holding only the chunks one job reads (opened lazily)."""
+
+    def chunk_row_starts(self) -> np.ndarray:
+        return np.append(self.chunks.chunks[:, 2], self.n_rows).astype(np.int64)
+
+
+def build_job_table(job: ShardJob) -> tuple[pa.Table, int]:
+    """The shard's table and its number of label tokens (the same table for the same job, in any process)."""
+    from packer.convert import _Gatherer, build_shard  # convert imports this module
+
+    file_rows = np.asarray([f.rows for f in job.files], dtype=np.int64)
+    inp = _JobInput(
+        files=[f.name for f in job.files],
+        columns=job.columns,
+        chunks=BatchChunks(list(job.files), job.columns, job.chunks),
+        file_rows=file_rows,
+        file_bytes=np.asarray([f.bytes for f in job.files], dtype=np.int64),
+    )
+    m = job.row.shape[0]
+    segments = SimpleNamespace(row=job.row, start=job.start, length=job.length)
+    plan = SimpleNamespace(members=np.arange(m, dtype=np.int64), pack_offsets=job.pack_offsets,
+                           pack_tokens=job.pack_tokens)
+    return build_shard(_Gatherer(inp, segments), plan, 0, job.pack_tokens.shape[0])
+
+
+def run_shard_job(job: ShardJob) -> ShardResult:
+    """Build shard ``job.index``, write it into ``job.dest`` and describe it. Runs in any process."""
+    t0 = time.perf_counter()
+    table, n_labels = build_job_table(job)
+    t1 = time.perf_counter()
+    name = fmt.shard_name(job.index, job.n_shards)
+    if is_uri(job.dest):
+        info = write_shard_uri(f"{job.dest.rstrip('/')}/{name}", table)
+    else:
+        info = write_shard_file(Path(job.dest) / name, table)
+    t2 = time.perf_counter()
+    return ShardResult(index=job.index, info=info, label_tokens=n_labels, tokens=job.tokens,
+                       gather_s=t1 - t0, write_s=t2 - t1)
+
+
+class _HashingStream:
+    """File-like wrapper of a pyarrow output stream that hashes what goes through (same bytes as a local shard)."""
+
+    def __init__(self, out):
+        self._out = out
+        self._hash = hashlib.sha256()
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        self._out.write(view)
+        self._pos += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def write_shard_uri(uri: str, table: pa.Table) -> ShardInfo:
+    """Write one shard through a pyarrow filesystem (object stores); same bytes as :func:`write_shard_file`."""
+    from packer.errors import PackerError
+
+    fs, inner, _ = filesystem(uri)
+    try:
+        with fs.open_output_stream(inner) as out:
+            sink = _HashingStream(out)
+            with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
+                w.write_table(table)
+    except (OSError, pa.ArrowException) as e:
+        raise PackerError(f"{uri}: write failed ({e}); check the URI and its permissions") from None
+    return shard_info(uri.rsplit("/", 1)[-1], table, sink.tell(), sink._hash.hexdigest())
+
+
+class UriWriter:
+    """The :class:`packer.writer.PackedWriter` of an output given as a URI (object stores have no atomic rename).
+
+    Shards are written straight into the output folder and the manifest last, so a folder without
+    :data:`packer.format.MANIFEST_FILE` is incomplete; an error removes what was written.
+    """
+
+    def __init__(self, output: str, *, n_shards: int, overwrite: bool = False):
+        self.output = output.rstrip("/")
+        self.fs, self.inner, _ = filesystem(self.output)
+        self.n_shards = n_shards
+        self.overwrite = overwrite
+        self.shards: list[ShardInfo | None] = [None] * n_shards
+        self.tmp = self.output
+        self._done = False
+
+    def __enter__(self) -> "UriWriter":
+        from packer.errors import PackerError
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self.inner).type != pafs.FileType.NotFound:
+            if not self.overwrite:
+                raise PackerError(f"{self.output}: already exists; pass --overwrite to replace it")
+            self.fs.delete_dir_contents(self.inner, missing_dir_ok=True)
+        self.fs.create_dir(self.inner, recursive=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._done:
+            try:
+                self.fs.delete_dir(self.inner)
+            except (OSError, pa.ArrowException):
+                pass
+
+    def add_shard(self, index: int, info: ShardInfo) -> ShardInfo:
+        self.shards[index] = info
+        return info
+
+    def finish(self, manifest: dict) -> dict:
+        import json
+        from dataclasses import asdict
+
+        from packer.writer import hf_info, hf_state
+
+        manifest = dict(manifest)
+        manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
+        fingerprint = manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer")
+        for name, obj in ((fmt.HF_INFO_FILE, hf_info()), (fmt.HF_STATE_FILE, hf_state(self.shards, fingerprint)),
+                          (fmt.MANIFEST_FILE, manifest)):
+            with self.fs.open_output_stream(f"{self.inner}/{name}") as out:
+                out.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+        self._done = True
+        return manifest
