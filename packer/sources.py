@@ -145,6 +145,23 @@ def _sniff(uri: str) -> str:
     raise PackerError(f"{uri}: neither Arrow IPC nor Parquet (unknown magic bytes {head[:4]!r})")
 
 
+def has_column(inputs, name: str) -> bool:
+    """Whether the first input file (a local path or a URI) has a column ``name`` (reads its schema only)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not any(is_uri(p) for p in inputs):
+        return reader.has_column(list(inputs), name)
+    uri = _resolve(list(inputs))[0]
+    kind = _sniff(uri)
+    fs, inner, _ = filesystem(uri)
+    try:
+        if kind == "parquet":
+            return name in pq.read_schema(fs.open_input_file(inner)).names
+        return name in _ipc_batches(uri, kind)[0].names
+    except (pa.ArrowException, OSError) as e:
+        raise PackerError(f"{uri}: cannot read its schema ({e}); the file may be truncated or corrupted") from None
+
+
 def _open_source(uri: str):
     fs, inner, local = filesystem(uri)
     return pa.memory_map(inner, "r") if local else fs.open_input_file(inner)

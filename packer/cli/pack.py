@@ -4,6 +4,9 @@ examples:
   packer pack data_samples/reference_like --output packed/
   packer pack 'shards/*.parquet' --output packed/ --max-length 8192 --overflow split
   packer pack train.arrow --output packed/ --labels-column labels --strategy bfd --overwrite
+  packer pack big/ --output packed/ --workers 8
+  packer pack big/ --output packed/ --plan grouped --group-size 16
+  packer pack s3://bucket/tokenized/ --output s3://bucket/packed/ --engine ray --ray-address auto
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import sys
 
 from packer import format as fmt
 from packer.convert import PackConfig, pack_dataset
+from packer.engines import DEFAULT_ENGINE, ENGINES
+from packer.jobs import DEFAULT_PLAN, PLANS
 from packer.plan import DEFAULT_OVERFLOW, DEFAULT_FILLER, DEFAULT_STRATEGY, OVERFLOW_POLICIES, STRATEGIES
 from packer.reader import Columns
 from packer.stats import format_stats
@@ -50,6 +55,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     labels.add_argument("--no-labels", action="store_true",
                         help="ignore any labels column: every token is trained on")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    scale = p.add_argument_group("scale (see docs/scale.md)")
+    scale.add_argument("--workers", type=int, default=1,
+                       help="processes that gather and write shards in parallel; same output bytes whatever the "
+                       "number (default %(default)s)")
+    scale.add_argument("--engine", choices=list(ENGINES), default=DEFAULT_ENGINE, help=_choices_help(ENGINES))
+    scale.add_argument("--ray-address", default=None,
+                       help="Ray cluster to run on with --engine ray ('auto' or host:port); default: a local "
+                       "Ray instance with --workers CPUs (all cores if 1)")
+    scale.add_argument("--plan", choices=list(PLANS), default=DEFAULT_PLAN, help=_choices_help(PLANS))
+    scale.add_argument("--group-size", type=int, default=1,
+                       help="input files per group with --plan grouped (default %(default)s)")
 
 
 def _columns(args, inputs) -> Columns:
@@ -59,7 +75,7 @@ def _columns(args, inputs) -> Columns:
         return Columns(args.input_column, labels=args.labels_column)
     if args.no_labels:
         return Columns(args.input_column)
-    from packer.reader import has_column
+    from packer.sources import has_column
 
     return Columns(args.input_column, labels="labels" if has_column(inputs, "labels") else None)
 
@@ -73,9 +89,12 @@ def run(args: argparse.Namespace) -> int:
         overflow=args.overflow,
         shard_size=args.shard_size,
         columns=_columns(args, args.inputs),
+        plan=args.plan,
+        group_size=args.group_size,
     )
     manifest = pack_dataset(args.inputs, args.output, config=config, overwrite=args.overwrite,
-                            progress=not args.quiet and sys.stderr.isatty())
+                            progress=not args.quiet and sys.stderr.isatty(), workers=args.workers,
+                            engine=args.engine, ray_address=args.ray_address)
     print(f"wrote {args.output}: {len(manifest[fmt.MANIFEST_SHARDS])} shard(s)")
     print(format_stats(manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]["seconds"]))
     return 0
