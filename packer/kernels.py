@@ -63,43 +63,73 @@ def sorted_desc_lengths(lengths, capacity):
     return out
 
 
-@njit(cache=True)
-def _tree_set(tree, size, leaf):
-    i = size + leaf
-    while i >= 1 and tree[i] == 0:
-        tree[i] = 1
-        i >>= 1
+# A two-level bitmap over remaining capacities 0..capacity: bit r of ``words`` is set when some open pack has r
+# tokens left, bit w of ``summary`` when word w is non-zero. "Smallest set bit >= r" is then one masked word, or a
+# short scan of the summary (capacity 20,000: 313 words, 5 summary words) plus two count-trailing-zeros. At 100M
+# reference-like lengths in bfd order this made best_fit about 2x faster than the binary presence tree it replaced.
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @njit(cache=True)
-def _tree_clear(tree, size, leaf):
-    i = size + leaf
-    tree[i] = 0
-    i >>= 1
-    while i >= 1:
-        v = tree[2 * i] | tree[2 * i + 1]
-        if tree[i] == v:
-            break
-        tree[i] = v
-        i >>= 1
+def _ctz(x):
+    """Index of the lowest set bit of the non-zero uint64 ``x`` (a binary search: no wrapping multiply, so the
+    ``NUMBA_DISABLE_JIT=1`` run raises no overflow warnings)."""
+    n = 0
+    if (x & np.uint64(0xFFFFFFFF)) == 0:
+        n += 32
+        x >>= np.uint64(32)
+    if (x & np.uint64(0xFFFF)) == 0:
+        n += 16
+        x >>= np.uint64(16)
+    if (x & np.uint64(0xFF)) == 0:
+        n += 8
+        x >>= np.uint64(8)
+    if (x & np.uint64(0xF)) == 0:
+        n += 4
+        x >>= np.uint64(4)
+    if (x & np.uint64(0x3)) == 0:
+        n += 2
+        x >>= np.uint64(2)
+    if (x & np.uint64(0x1)) == 0:
+        n += 1
+    return n
 
 
 @njit(cache=True)
-def _tree_first_at_or_after(tree, size, leaf):
-    """Smallest set leaf index >= ``leaf``, or -1. O(log size)."""
-    i = size + leaf
-    if tree[i]:
-        return leaf
-    while i > 1:
-        if (i & 1) == 0 and tree[i + 1]:
-            i += 1
-            while i < size:
-                i *= 2
-                if tree[i] == 0:
-                    i += 1
-            return i - size
-        i >>= 1
-    return -1
+def _bits_set(words, summary, leaf):
+    w = leaf >> 6
+    words[w] |= np.uint64(1) << np.uint64(leaf & 63)
+    summary[w >> 6] |= np.uint64(1) << np.uint64(w & 63)
+
+
+@njit(cache=True)
+def _bits_clear(words, summary, leaf):
+    w = leaf >> 6
+    words[w] &= ~(np.uint64(1) << np.uint64(leaf & 63))
+    if words[w] == 0:
+        summary[w >> 6] &= ~(np.uint64(1) << np.uint64(w & 63))
+
+
+@njit(cache=True)
+def _bits_first_at_or_after(words, summary, leaf):
+    """Smallest set bit index >= ``leaf``, or -1."""
+    w = leaf >> 6
+    x = words[w] & (_ALL << np.uint64(leaf & 63))
+    if x:
+        return (w << 6) + _ctz(x)
+    w += 1
+    s = w >> 6
+    if s >= summary.shape[0]:
+        return -1
+    y = summary[s] & (_ALL << np.uint64(w & 63))
+    while True:
+        if y:
+            ww = (s << 6) + _ctz(y)
+            return (ww << 6) + _ctz(words[ww])
+        s += 1
+        if s >= summary.shape[0]:
+            return -1
+        y = summary[s]
 
 
 @njit(cache=True)
@@ -107,8 +137,8 @@ def best_fit(lengths, capacity):
     """Best fit over ``lengths`` in the given order: each sequence goes into the open pack it fills the most.
 
     Open packs are kept in buckets by remaining capacity (a linked list per value ``0..capacity``) and a
-    presence tree over those values finds the tightest bucket that fits in O(log capacity), so the whole
-    pass is O(n log capacity) whatever the number of open packs. Ties go to the pack that reached that
+    two-level bitmap over those values finds the tightest bucket that fits in a few word operations, so the whole
+    pass is O(n + n * capacity / 4096) whatever the number of open packs. Ties go to the pack that reached that
     remaining capacity last (LIFO), which makes the result deterministic.
 
     Args:
@@ -121,8 +151,9 @@ def best_fit(lengths, capacity):
         number of packs.
     """
     n = lengths.shape[0]
-    size = _next_pow2(capacity + 1)
-    tree = np.zeros(2 * size, dtype=np.uint8)
+    n_words = (capacity + 1 + 63) // 64
+    words = np.zeros(n_words, dtype=np.uint64)
+    summary = np.zeros((n_words + 63) // 64, dtype=np.uint64)
     head = np.full(capacity + 1, -1, dtype=np.int32)
     # int32 links: pack ids already are int32; at 100M sequences this saves 400 MB against int64
     nxt = np.empty(n, dtype=np.int32)
@@ -130,7 +161,7 @@ def best_fit(lengths, capacity):
     n_packs = 0
     for j in range(n):
         length = lengths[j]
-        r = _tree_first_at_or_after(tree, size, length)
+        r = _bits_first_at_or_after(words, summary, length)
         if r < 0:
             b = n_packs
             n_packs += 1
@@ -139,12 +170,12 @@ def best_fit(lengths, capacity):
             b = head[r]
             head[r] = nxt[b]
             if head[r] < 0:
-                _tree_clear(tree, size, r)
+                _bits_clear(words, summary, r)
             left = r - length
         pack_ids[j] = b
         if left > 0:
             if head[left] < 0:
-                _tree_set(tree, size, left)
+                _bits_set(words, summary, left)
             nxt[b] = head[left]
             head[left] = b
     return pack_ids, n_packs
