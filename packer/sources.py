@@ -35,6 +35,11 @@ def is_uri(path) -> bool:
     return "://" in str(path)
 
 
+def is_local(path) -> bool:
+    """Whether ``path`` is on the local filesystem (a plain path or a ``file://`` URI)."""
+    return not is_uri(path) or str(path).startswith("file://")
+
+
 def filesystem(path) -> tuple[pafs.FileSystem, str, bool]:
     """``(filesystem, path inside it, is_local)`` for a local path or a URI pyarrow supports."""
     p = str(path)
@@ -329,6 +334,12 @@ class BatchChunks:
     def _batch(self, f: int, b: int) -> pa.RecordBatch:
         entry = self._open.get(f)
         info = self.files[f]
+        if info.kind == "arrow-file" and is_local(info.read):
+            # reopen per batch: the previous batch's memory map goes with it, so the file-backed pages this process
+            # maps stay within one record batch (the page cache keeps them; with one map per file the job's
+            # mapped pages grew to the whole file: 680 MB RSS per worker on 530 MB inputs)
+            self._open = {}
+            return pa.ipc.open_file(_open_source(info.read)).get_batch(b)
         if entry is None:
             source = _open_source(info.read)
             if info.kind == "arrow-file":
