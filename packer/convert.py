@@ -1,8 +1,10 @@
 """Tokenized shards in, packed shards out: the converter behind ``packer pack``.
 
-Phases (each timed): open the inputs (memory-mapped), read the lengths from the list offsets, apply the overflow
-policy, plan the packs (a numba kernel), then for every output shard gather its tokens from the inputs and write
-it. Memory holds the per-sequence plan arrays plus one output shard at a time.
+Phases (each timed): scan the inputs (:mod:`packer.sources`: lengths from the list offsets, Parquet staged as Arrow),
+apply the overflow policy and plan the packs (a numba kernel; one global plan or one per group of input files,
+:mod:`packer.jobs`), then run one shard job per output shard (:mod:`packer.engines`: in this process, in worker
+processes or as Ray tasks), each gathering its tokens from memory-mapped inputs and writing its shard. Memory holds
+the per-sequence plan arrays plus at most ``2 * workers`` shards in flight; see ``docs/scale.md``.
 """
 from __future__ import annotations
 
@@ -28,8 +30,6 @@ from packer.plan import (
     DEFAULT_FILLER,
     PackPlan,
     Segments,
-    make_segments,
-    plan_packs,
 )
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
 from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, UriWriter, iter_jobs, make_plan
