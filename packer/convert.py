@@ -179,6 +179,37 @@ def build_shard(gatherer: _Gatherer, plan: PackPlan, p0: int, p1: int):
     return table, int(np.count_nonzero(labels != fmt.IGNORE_INDEX))
 
 
+def _already_packed(output, config: PackConfig, fingerprint: str) -> dict | None:
+    """The manifest of ``output`` if it was packed from this input with this config, else None."""
+    if not os.path.isdir(output) or not os.path.isfile(os.path.join(output, fmt.MANIFEST_FILE)):
+        return None
+    try:
+        manifest = fmt.read_manifest(output)
+    except PackerError:
+        return None
+    if (manifest[fmt.MANIFEST_CONFIG] != config.to_json()
+            or manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint") != fingerprint):
+        return None
+    log.info("%s already holds this input packed with this configuration; nothing to do (pass --overwrite to "
+             "pack again)", output)
+    return manifest
+
+
+def _verify_or_raise(folder, inp: TokenizedInput, *, published: bool = False) -> None:
+    from packer.verify import verify_packed
+
+    report = verify_packed(folder, inputs=inp)
+    if report.ok:
+        log.info("%s", report.summary())
+        return
+    log.error("%s", report.format())
+    if published:
+        raise PackerError(f"{folder}: verification failed with {report.n_defects} defect(s) (listed above); "
+                          "re-pack with --overwrite")
+    raise PackerError(f"{folder}: verification failed with {report.n_defects} defect(s) (listed above), so the "
+                      "output was not written; this is a bug in packer, please report it")
+
+
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -192,6 +223,7 @@ def pack_dataset(
     config: PackConfig = PackConfig(),
     overwrite: bool = False,
     progress: bool = True,
+    verify: bool = False,
 ) -> dict:
     """Pack tokenized input files into a packed folder (see :mod:`packer.format`) and return its manifest.
 
@@ -201,6 +233,12 @@ def pack_dataset(
         config: how to pack.
         overwrite: replace ``output`` if it exists.
         progress: show a tqdm bar counting tokens.
+        verify: check the finished folder against the input (:func:`packer.verify.verify_packed`) before it
+            takes its final name; a defect raises and leaves no output.
+
+    If ``output`` already holds this input packed with this configuration (same ``config`` and input
+    fingerprint in its manifest), nothing is rewritten and its manifest is returned: rerunning a command after a
+    crash that happened once the output was in place succeeds.
 
     Raises:
         PackerError: for any input or option packer cannot use; nothing is left at ``output`` then.
@@ -216,7 +254,14 @@ def pack_dataset(
     t = time.perf_counter()
     inp = open_input(list(inputs), columns=config.columns)
     lengths = inp.lengths()
+    fingerprint = input_fingerprint(inp, lengths)
     timings["open"] = time.perf_counter() - t
+    if not overwrite:
+        done = _already_packed(output, config, fingerprint)
+        if done is not None:
+            if verify:
+                _verify_or_raise(output, inp, published=True)
+            return done
 
     t = time.perf_counter()
     segments = make_segments(lengths, capacity=config.capacity, overflow=config.overflow)
@@ -232,6 +277,10 @@ def pack_dataset(
 
     t = time.perf_counter()
     n_shards = math.ceil(plan.n_packs / config.shard_size)
+    shard_tokens = np.add.reduceat(plan.pack_tokens, np.arange(0, plan.n_packs, config.shard_size))
+    if shard_tokens.max() > INT32_MAX:
+        raise PackerError(f"--shard-size {config.shard_size:,} puts {int(shard_tokens.max()):,} tokens in one shard, "
+                          "more than int32 list offsets hold (2**31 - 1); pass a smaller --shard-size")
     gatherer = _Gatherer(inp, segments)
     label_tokens = 0
     with PackedWriter(output, n_shards=n_shards, overwrite=overwrite) as writer, _progress(
@@ -257,12 +306,12 @@ def pack_dataset(
                 ],
                 "rows": inp.n_rows,
                 "tokens": segments.tokens_in,
-                "fingerprint": input_fingerprint(inp, lengths),
+                "fingerprint": fingerprint,
             },
             fmt.MANIFEST_STATS: stats,
             fmt.MANIFEST_RUN: {"seconds": {k: round(v, 4) for k, v in timings.items()}},
         }
-        manifest = writer.finish(manifest)
+        manifest = writer.finish(manifest, before_publish=(lambda tmp: _verify_or_raise(tmp, inp)) if verify else None)
     timings["total"] = sum(timings.values())
     manifest[fmt.MANIFEST_RUN]["seconds"] = {k: round(v, 4) for k, v in timings.items()}
     log.info("packed %s tokens into %s packs in %.2fs", f"{plan.tokens:,}", f"{plan.n_packs:,}", timings["total"])

@@ -4,6 +4,7 @@ examples:
   packer pack data_samples/reference_like --output packed/
   packer pack 'shards/*.parquet' --output packed/ --max-length 8192 --overflow split
   packer pack train.arrow --output packed/ --labels-column labels --strategy bfd --overwrite
+  packer pack data_samples/reference_like --output packed/ --verify
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     labels.add_argument("--no-labels", action="store_true",
                         help="ignore any labels column: every token is trained on")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--verify", action="store_true",
+                   help="before the output takes its name, check it against the input as 'packer verify --input' "
+                   "does; on a defect, no output is left")
 
 
 def _columns(args, inputs) -> Columns:
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         columns=_columns(args, args.inputs),
     )
     manifest = pack_dataset(args.inputs, args.output, config=config, overwrite=args.overwrite,
-                            progress=not args.quiet and sys.stderr.isatty())
+                            progress=not args.quiet and sys.stderr.isatty(), verify=args.verify)
     print(f"wrote {args.output}: {len(manifest[fmt.MANIFEST_SHARDS])} shard(s)")
     print(format_stats(manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]["seconds"]))
     return 0
