@@ -1,6 +1,7 @@
 """The converter end to end in Python: every invariant of the packed folder, on every input format."""
 import hashlib
 import json
+import logging
 
 import datasets
 import numpy as np
@@ -119,6 +120,7 @@ def test_overwrite(tmp_path, samples_dir):
 
 
 def test_empty_sequences_are_skipped_and_counted(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="packer")
     table = readable_table([3, 0, 4, 0])
     src = write_arrow_file(tmp_path / "in.arrow", table)
     m = pack_dataset(src, tmp_path / "out", config=PackConfig(capacity=10), progress=False)
