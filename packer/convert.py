@@ -22,7 +22,7 @@ from packer.errors import PackerError
 from packer.plan import (
     DEFAULT_OVERFLOW,
     DEFAULT_STRATEGY,
-    DEFAULT_WINDOW,
+    DEFAULT_FILLER,
     PackPlan,
     Segments,
     make_segments,
@@ -45,7 +45,7 @@ class PackConfig:
         capacity: tokens per pack (``--max-length``).
         strategy: a key of :data:`packer.plan.STRATEGIES`.
         seed: seeds the shuffling strategies.
-        window: sequences per window for the ``window`` strategy.
+        filler: for the ``mixed`` strategy, the share of (shortest) sequences held back to fill gaps.
         overflow: a key of :data:`packer.plan.OVERFLOW_POLICIES`.
         shard_size: packs per output shard.
         columns: which input columns to read.
@@ -54,7 +54,7 @@ class PackConfig:
     capacity: int = fmt.DEFAULT_CAPACITY
     strategy: str = DEFAULT_STRATEGY
     seed: int = 0
-    window: int = DEFAULT_WINDOW
+    filler: float = DEFAULT_FILLER
     overflow: str = DEFAULT_OVERFLOW
     shard_size: int = fmt.DEFAULT_SHARD_SIZE
     columns: Columns = field(default_factory=Columns)
@@ -265,15 +265,15 @@ def pack_dataset(
 
     t = time.perf_counter()
     segments = make_segments(lengths, capacity=config.capacity, overflow=config.overflow)
-    if segments.empty_rows:
-        log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics", segments.empty_rows)
     plan = plan_packs(
-        segments.length, capacity=config.capacity, strategy=config.strategy, seed=config.seed, window=config.window
+        segments.length, capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler
     )
     timings["plan"] = time.perf_counter() - t
     if plan.n_packs == 0:
         raise PackerError(f"{inp.files[0]}: the input holds no tokens to pack ({segments.n_rows} rows, all empty"
                           f"{' or dropped' if segments.dropped_rows else ''})")
+    if segments.empty_rows:
+        log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics", segments.empty_rows)
 
     t = time.perf_counter()
     n_shards = math.ceil(plan.n_packs / config.shard_size)
@@ -293,6 +293,7 @@ def pack_dataset(
             label_tokens += n_labels
             bar.update(int(plan.pack_tokens[p0:p1].sum()))
         timings["write"] = time.perf_counter() - t
+        timings["total"] = sum(timings.values())
         stats = compute_stats(lengths, segments, plan, label_tokens=label_tokens)
         manifest = {
             fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,
@@ -312,7 +313,5 @@ def pack_dataset(
             fmt.MANIFEST_RUN: {"seconds": {k: round(v, 4) for k, v in timings.items()}},
         }
         manifest = writer.finish(manifest, before_publish=(lambda tmp: _verify_or_raise(tmp, inp)) if verify else None)
-    timings["total"] = sum(timings.values())
-    manifest[fmt.MANIFEST_RUN]["seconds"] = {k: round(v, 4) for k, v in timings.items()}
     log.info("packed %s tokens into %s packs in %.2fs", f"{plan.tokens:,}", f"{plan.n_packs:,}", timings["total"])
     return manifest

@@ -165,24 +165,6 @@ def first_fit(lengths, capacity):
 
 
 @njit(cache=True)
-def sort_desc_in_windows(order, lengths, window):
-    """Reorder ``order`` so that each consecutive ``window`` of it is sorted by length descending (stable)."""
-    n = order.shape[0]
-    out = np.empty(n, dtype=np.int64)
-    for start in range(0, n, window):
-        stop = min(start + window, n)
-        chunk = order[start:stop]
-        keys = np.empty(stop - start, dtype=np.int64)
-        for k in range(stop - start):
-            keys[k] = -lengths[chunk[k]]
-        # mergesort is stable; O(window log window) instead of a counting sort's O(capacity) per window
-        sub = np.argsort(keys, kind="mergesort")
-        for k in range(stop - start):
-            out[start + k] = chunk[sub[k]]
-    return out
-
-
-@njit(cache=True)
 def group_by_pack(slot_pack, order, slot_lengths, n_packs):
     """Group sequences by pack: a flat ``members`` array plus ``pack_offsets`` (CSR layout).
 

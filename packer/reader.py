@@ -5,7 +5,8 @@ Accepted inputs, given as one or many paths (a path may be a glob):
 * a ``datasets.Dataset.save_to_disk`` folder (``state.json`` lists its ``.arrow`` shards, in order);
 * ``.arrow`` files in the Arrow IPC *file* or *stream* format (told apart by their magic bytes);
 * ``.parquet`` files;
-* folders holding any of the above (searched recursively, in sorted path order).
+* folders holding any of the above (searched recursively, in sorted path order; hidden folders and packed
+  folders, those with a ``packer.json``, are skipped).
 
 Arrow IPC inputs are memory-mapped: lengths come from the list offsets, token data is paged in only when the
 converter gathers it. Parquet is compressed on disk, so its needed columns are decoded into memory.
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer.errors import PackerError
+from packer.format import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,12 @@ def _expand(path: Path) -> list[str]:
         if missing:
             raise PackerError(f"{path}: state.json lists {missing[0]}, which is missing; re-save the dataset")
         return [str(path / n) for n in names]
-    found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix in INPUT_SUFFIXES)
+    found = []
+    for root, dirs, names in os.walk(path):
+        # skip hidden folders (temporary outputs) and packed folders (a previous output next to its input)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.exists(os.path.join(root, d, MANIFEST_FILE))]
+        found += [os.path.join(root, n) for n in names if n.endswith(INPUT_SUFFIXES) and not n.startswith(".")]
+    found.sort()
     if not found:
         raise PackerError(f"{path}: the folder holds no .arrow or .parquet file")
     return found

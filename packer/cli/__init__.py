@@ -44,11 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message (tests and notebooks replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _configure_logging(level: int) -> None:
+    """Log packer's messages to stderr as 'packer: message' (the package logger only; root is left alone)."""
+    pkg = logging.getLogger("packer")
+    pkg.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in pkg.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("packer: %(message)s"))
+        pkg.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="packer: %(message)s", stream=sys.stderr, force=True)
+    _configure_logging(logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args._run(args) or 0)
     except PackerError as e:

@@ -13,12 +13,16 @@ import sys
 
 from packer import format as fmt
 from packer.convert import PackConfig, pack_dataset
-from packer.plan import DEFAULT_OVERFLOW, DEFAULT_STRATEGY, DEFAULT_WINDOW, OVERFLOW_POLICIES, STRATEGIES
+from packer.plan import DEFAULT_OVERFLOW, DEFAULT_FILLER, DEFAULT_STRATEGY, OVERFLOW_POLICIES, STRATEGIES
 from packer.reader import Columns
 from packer.stats import format_stats
 
 NAME = "pack"
 HELP = "pack tokenized shards into packed shards with cu_seqlens"
+
+
+def _choices_help(choices: dict) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in choices.items()).replace("%", "%%") + " (default %(default)s)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,11 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=fmt.DEFAULT_CAPACITY,
                    help="tokens per pack (default %(default)s)")
     p.add_argument("--strategy", choices=list(STRATEGIES), default=DEFAULT_STRATEGY,
-                   help="; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()) + " (default %(default)s)")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                   help="sequences per window for --strategy window (default %(default)s)")
+                   help=_choices_help(STRATEGIES))
+    p.add_argument("--filler", type=float, default=DEFAULT_FILLER,
+                   help="for --strategy mixed: share of sequences (the shortest) held back to fill gaps "
+                   "(default %(default)s)")
     p.add_argument("--overflow", choices=list(OVERFLOW_POLICIES), default=DEFAULT_OVERFLOW,
-                   help="; ".join(f"{k}: {v}" for k, v in OVERFLOW_POLICIES.items()) + " (default %(default)s)")
+                   help=_choices_help(OVERFLOW_POLICIES))
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffling strategies (default %(default)s)")
     p.add_argument("--shard-size", type=int, default=fmt.DEFAULT_SHARD_SIZE,
                    help="packs per output shard (default %(default)s)")
@@ -68,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         capacity=args.max_length,
         strategy=args.strategy,
         seed=args.seed,
-        window=args.window,
+        filler=args.filler,
         overflow=args.overflow,
         shard_size=args.shard_size,
         columns=_columns(args, args.inputs),
