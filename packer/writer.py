@@ -185,15 +185,10 @@ class PackedWriter:
                 shutil.rmtree(p, ignore_errors=True)
 
     def _check_replaceable(self) -> None:
-        """--overwrite replaces only a packed folder or an empty one, never a user's other data."""
+        """--overwrite replaces a folder (as the old one did); a file or a symlink there is left alone."""
         out = self.output
         if out.is_symlink() or not out.is_dir():
             raise PackerError(f"{out}: exists and is not a folder; remove it or choose another --output")
-        if not (out / fmt.MANIFEST_FILE).is_file() and any(out.iterdir()):
-            raise PackerError(
-                f"{out}: exists and is not a packed folder (no {fmt.MANIFEST_FILE}); --overwrite replaces only "
-                "packed folders: remove it yourself or choose another --output"
-            )
 
     def __enter__(self) -> "PackedWriter":
         if not self.output.name or self.output.name in (".", ".."):
