@@ -144,7 +144,7 @@ class _Gatherer:
         values = chunk.ids if column == self.inp.columns.input_ids else (
             chunk.labels if chunk.labels is not None else chunk.mask)
         for r, s, n in zip(rows, src, lens):
-            v = values[s : s + n].astype(np.int64)
+            v = values[s : s + n]  # native dtype: an int64 cast would show uint64 ids above 2**63 as negative
             out = (v < ok[0]) | (v > ok[1])
             if out.any():
                 path, local = self.inp.locate(int(r))

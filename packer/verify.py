@@ -32,7 +32,7 @@ import pyarrow as pa
 from packer import format as fmt
 from packer.errors import PackerError
 from packer.plan import OVERFLOW_POLICIES
-from packer.reader import Columns, TokenizedInput, open_input
+from packer.reader import Columns, TokenizedInput, open_input, resolve_paths
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ def verify_packed(
         A :class:`VerifyReport`; ``report.ok`` is True when no defect was found.
 
     Raises:
-        PackerError: ``max_defects`` is not a positive integer, or the input cannot be read.
+        PackerError: ``max_defects`` is not a positive integer, or an input path does not exist. An input that
+            exists but cannot be read with the manifest's columns is a defect of the ``input`` check.
     """
     if isinstance(max_defects, bool) or not isinstance(max_defects, int) or max_defects < 1:
         raise PackerError(f"max_defects must be a positive integer, got {max_defects!r}")
@@ -227,8 +228,15 @@ def verify_packed(
         manifest = None
     cfg = _check_manifest(manifest, col) if manifest is not None else None
     if cfg is not None:
-        if inputs is not None:
-            inp = inputs if isinstance(inputs, TokenizedInput) else open_input(inputs, columns=cfg["columns"])
+        if inputs is not None and not isinstance(inputs, TokenizedInput):
+            files = resolve_paths(inputs)  # a path that does not exist is the caller's error: it raises
+            try:
+                inp = open_input(files, columns=cfg["columns"])
+            except PackerError as e:  # the input does not match the manifest's columns, or is damaged
+                col.ran.add("input")
+                col.add("input", f"cannot be compared: {e}")
+        elif inputs is not None:
+            inp = inputs
         _verify(folder, manifest, cfg, inp, col, totals, checksums=checksums)
     seconds = time.perf_counter() - t0
     checks = []
@@ -284,6 +292,8 @@ def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
         ok = False
     columns = cfg.get("columns")
     try:
+        if not isinstance(columns, dict) or set(columns) != {"input_ids", "labels", "loss_mask"}:
+            raise TypeError("needs exactly the keys input_ids, labels, loss_mask")
         columns = Columns(**columns)
         if not isinstance(columns.input_ids, str):
             raise TypeError("input_ids is not a string")
@@ -765,9 +775,9 @@ def _check_counts(stats: dict, seq: dict, totals: dict, label_tokens: int, col: 
         "label_tokens": label_tokens,
     }
     for key, have in want.items():
-        if key in stats and stats[key] != have:
+        if stats.get(key) != have or isinstance(stats.get(key), bool):
             col.add("counts", f"the shards hold {have:,} {key.replace('_', ' ')}, the manifest's stats say "
-                    f"{stats[key]!r}")
+                    f"{stats.get(key)!r}")
     try:
         lost_tokens = stats["tokens_dropped"] + stats["tokens_truncated"]
         if stats["tokens_in"] - lost_tokens != totals["tokens"]:
