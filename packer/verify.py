@@ -284,8 +284,8 @@ def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
         add(f"config is {type(cfg).__name__}, not an object")
         return None
     capacity = cfg.get("capacity")
-    if not _is_int(capacity, 1):
-        add(f"config.capacity is {capacity!r}, not a positive integer")
+    if not _is_int(capacity, 1) or capacity > 2**31 - 1:
+        add(f"config.capacity is {capacity!r}, not a positive int32 (a pack's length is an int32 offset)")
         ok = False
     if cfg.get("overflow") not in OVERFLOW_POLICIES:
         add(f"config.overflow is {cfg.get('overflow')!r}, not one of {', '.join(OVERFLOW_POLICIES)}")
