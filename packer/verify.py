@@ -287,7 +287,7 @@ def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
     if not _is_int(capacity, 1) or capacity > 2**31 - 1:
         add(f"config.capacity is {capacity!r}, not a positive int32 (a pack's length is an int32 offset)")
         ok = False
-    if cfg.get("overflow") not in OVERFLOW_POLICIES:
+    if not isinstance(cfg.get("overflow"), str) or cfg["overflow"] not in OVERFLOW_POLICIES:
         add(f"config.overflow is {cfg.get('overflow')!r}, not one of {', '.join(OVERFLOW_POLICIES)}")
         ok = False
     columns = cfg.get("columns")
@@ -787,8 +787,8 @@ def _check_counts(stats: dict, seq: dict, totals: dict, label_tokens: int, col: 
         if kept_rows != rows_out:
             col.add("counts", f"sequences in {stats['sequences_in']:,} - empty {stats['empty_sequences_skipped']:,}"
                     f" - dropped {stats['sequences_dropped']:,} != {rows_out:,} input rows in the packs")
-    except (KeyError, TypeError) as e:
-        col.add("counts", f"the manifest's stats lack a count ({e})")
+    except (KeyError, TypeError, ValueError) as e:
+        col.add("counts", f"the manifest's stats lack a count or hold a non-number ({type(e).__name__}: {e})")
     col.detail["counts"] = (f"{totals['packs']:,} packs, {totals['sequences']:,} sequences, {totals['tokens']:,} "
                             f"tokens, {label_tokens:,} label tokens agree with the manifest")
 
