@@ -382,3 +382,17 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "pip install 'packer[plot]'" in err
     assert not png.exists()
+
+
+def test_nothing_to_pack_is_an_error():
+    with pytest.raises(PackerError, match="no row holds a token"):
+        report_from_lengths(np.zeros(5, dtype=np.int64), capacity=10)
+    with pytest.raises(PackerError, match="every row was dropped or empty"):
+        report_from_lengths(np.array([50, 60]), capacity=10, overflow="drop")
+
+
+def test_cli_config_only(capsys):
+    assert main(["report", str(SAMPLE), "--config-only", "--config-format", "json", "--save-steps", "1000"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["per_device_train_batch_size"] == 1 and cfg["gradient_accumulation_steps"] == 32
+    assert cfg["global_max_length"] == 20_000 and 1 <= cfg["save_steps"] < 1000
