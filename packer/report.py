@@ -32,12 +32,14 @@ renderers turn it into Markdown (:func:`render_markdown`) or JSON (:func:`render
 Example:
     >>> import numpy as np
     >>> from packer.report import TrainingSetup, report_from_lengths
-    >>> r = report_from_lengths(np.array([5, 3, 8, 2, 6, 4] * 10), capacity=16,
+    >>> r = report_from_lengths(np.array([4] * 12), capacity=16,
     ...                         setup=TrainingSetup(num_gpus=1, effective_batch_size=4, epochs=1))
     >>> r.padding["gradient_accumulation_steps"], r.packing["gradient_accumulation_steps"]
     (2, 4)
-    >>> r.packing["packs"], r.packing["packing_efficiency"]
-    (15, 1.0)
+    >>> r.packing["packs"], r.packing["packing_efficiency"], r.packing["samples_per_pack"]
+    (3, 1.0, 4.0)
+    >>> r.padding["total_optimizer_steps"], r.packing["total_optimizer_steps"]   # ceil(12 / 4), ceil(3 / 4)
+    (3, 1)
 """
 from __future__ import annotations
 
@@ -172,7 +174,8 @@ class TrainingSetup:
                 raise PackerError(f"step settings are (name, steps) pairs, got {item!r}")
             name, steps = item
             if not isinstance(name, str) or not _STEP_NAME.match(name):
-                raise PackerError(f"step setting name {name!r} is not an identifier; e.g. --step-setting eval_steps=500")
+                raise PackerError(f"step setting name {name!r} is not an identifier; "
+                                  "e.g. --step-setting eval_steps=500")
             checked.append((name, _positive_int(steps, name, f"pass a positive number of steps for {name}")))
         names = [n for n, _ in checked]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -731,9 +734,12 @@ def recover_lengths(manifest: dict, seg_lengths: np.ndarray, seq_index: np.ndarr
             raise PackerError(f"the manifest counts {dropped:,} dropped rows but only {missing.shape[0]:,} rows are "
                               "missing from the packs; the folder is damaged")
         lengths[missing[:dropped]] = _spread(int(stats["tokens_dropped"]), dropped, longest)
-        exact = dropped <= 1
+        # exact only when one row was dropped and no empty row competes for its position
+        exact = dropped == 1 and missing.shape[0] == 1
     if truncated:
-        at_cap = np.flatnonzero(lengths == capacity)[:truncated]
+        at_cap = np.flatnonzero(lengths == capacity)
+        exact = exact and truncated == 1 and at_cap.shape[0] == 1
+        at_cap = at_cap[:truncated]
         if at_cap.shape[0] < truncated:
             raise PackerError(f"the manifest counts {truncated:,} truncated rows but fewer rows have {capacity:,} "
                               "tokens; the folder is damaged")
@@ -831,7 +837,7 @@ def _cell(mode: str, name: str, col: dict, other: dict) -> str:
     if name == "avg_sequence_length":
         return f"{v:,.0f}"
     if name in ("padding_overhead", "packing_efficiency"):
-        return f"{v:.2%}"
+        return f"{v:.3%}" if 0 < v < 0.001 or 0.999 < v < 1 else f"{v:.2%}"  # 99.998% is not 100.00%
     if name == "num_train_epochs":
         return _epochs_text(v)
     if name == "steps_per_epoch":
@@ -900,7 +906,8 @@ def render_markdown(report: Report, *, config_format: str = "yaml") -> str:
         "## Key Takeaways",
         "",
         f"1. **Efficiency**: packing cuts the padding from {pad['padding_overhead']:.1%} (measured, micro-batches "
-        f"of {report.setup.padding_batch_size}) to {pack['padding_overhead']:.2%} of the processed tokens",
+        f"of {report.setup.padding_batch_size}) to {_cell('packing', 'padding_overhead', pack, pad)} of the "
+        "processed tokens",
         f"2. **Speed**: {speed:.2f}× the padding run's throughput under the {report.cost_model['name']} cost model "
         f"({abs(speed - 1):.0%} {'faster' if speed >= 1 else 'slower'}); the whole run takes "
         f"{pack['relative_run_time']:.2f}× the padding run's time",
