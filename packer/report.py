@@ -60,7 +60,7 @@ from packer.errors import PackerError
 from packer.plan import (
     DEFAULT_OVERFLOW,
     DEFAULT_STRATEGY,
-    DEFAULT_WINDOW,
+    DEFAULT_FILLER,
     OVERFLOW_POLICIES,
     STRATEGIES,
     make_segments,
@@ -618,7 +618,7 @@ def report_from_lengths(
     strategy: str = DEFAULT_STRATEGY,
     overflow: str = DEFAULT_OVERFLOW,
     seed: int = 0,
-    window: int = DEFAULT_WINDOW,
+    filler: float = DEFAULT_FILLER,
     setup: TrainingSetup = TrainingSetup(),
     model: ModelShape | None = None,
     source: dict | None = None,
@@ -627,7 +627,7 @@ def report_from_lengths(
 
     Args:
         lengths: int (rows,), tokens per row (zeros are empty rows).
-        capacity, strategy, overflow, seed, window: the packing options (see :func:`packer.plan.plan_packs`).
+        capacity, strategy, overflow, seed, filler: the packing options (see :func:`packer.plan.plan_packs`).
         setup: the training run.
         model: the model's shape, for the FLOPs cost model; None for the token cost model.
         source: what to record as the report's source (defaults to ``{"kind": "lengths"}``).
@@ -637,10 +637,10 @@ def report_from_lengths(
     """
     lengths = np.asarray(lengths)
     segments = make_segments(lengths, capacity=capacity, overflow=overflow)
-    plan = plan_packs(segments.length, capacity=capacity, strategy=strategy, seed=seed, window=window)
+    plan = plan_packs(segments.length, capacity=capacity, strategy=strategy, seed=seed, filler=filler)
     stats = compute_stats(lengths.astype(np.int64), segments, plan)
     src = {"kind": "lengths"} if source is None else dict(source)
-    src.update(capacity=plan.capacity, strategy=strategy, overflow=overflow, seed=seed, window=window,
+    src.update(capacity=plan.capacity, strategy=strategy, overflow=overflow, seed=seed, filler=filler,
                rows=segments.n_rows, tokens=segments.tokens_in, lengths_exact=True)
     return _build(
         lengths=lengths,
@@ -777,7 +777,7 @@ def report_from_packed(
         "strategy": cfg["strategy"],
         "overflow": cfg["overflow"],
         "seed": cfg.get("seed", 0),
-        "window": cfg.get("window", DEFAULT_WINDOW),
+        "filler": cfg.get("filler", DEFAULT_FILLER),
         "rows": int(stats["sequences_in"]),
         "tokens": int(stats["tokens_in"]),
         "lengths_exact": exact,
@@ -794,7 +794,7 @@ def report_from_input(
     strategy: str = DEFAULT_STRATEGY,
     overflow: str = DEFAULT_OVERFLOW,
     seed: int = 0,
-    window: int = DEFAULT_WINDOW,
+    filler: float = DEFAULT_FILLER,
     setup: TrainingSetup = TrainingSetup(),
     model: ModelShape | None = None,
 ) -> Report:
@@ -809,7 +809,7 @@ def report_from_input(
     inp = open_input(list(inputs), columns=columns or Columns())
     source = {"kind": "tokenized", "path": ", ".join(str(p) for p in inputs), "files": len(inp.files)}
     return report_from_lengths(inp.lengths(), capacity=capacity, strategy=strategy, overflow=overflow, seed=seed,
-                               window=window, setup=setup, model=model, source=source)
+                               filler=filler, setup=setup, model=model, source=source)
 
 
 # ---------------------------------------------------------------------------------------------- rendering

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _report_helpers import (
+from tests._report_helpers import (
     REFERENCE_HEADINGS,
     REFERENCE_SECTIONS,
     expected_steps,

@@ -17,7 +17,7 @@ import argparse
 
 from packer import format as fmt
 from packer.errors import PackerError
-from packer.plan import DEFAULT_OVERFLOW, DEFAULT_STRATEGY, DEFAULT_WINDOW, OVERFLOW_POLICIES, STRATEGIES
+from packer.plan import DEFAULT_OVERFLOW, DEFAULT_STRATEGY, DEFAULT_FILLER, OVERFLOW_POLICIES, STRATEGIES
 from packer.reader import Columns
 from packer.report import (
     REFERENCE_EFFECTIVE_BATCH,
@@ -41,7 +41,7 @@ HELP = "compare padding and packing for a training run (steps, padding, speed, r
 
 # plan options: None means "not given", so a packed folder can tell a conflicting option from a default
 _PLAN_OPTIONS = {"max_length": ("capacity", fmt.DEFAULT_CAPACITY), "strategy": ("strategy", DEFAULT_STRATEGY),
-                 "overflow": ("overflow", DEFAULT_OVERFLOW), "seed": ("seed", 0), "window": ("window", DEFAULT_WINDOW)}
+                 "overflow": ("overflow", DEFAULT_OVERFLOW), "seed": ("seed", 0), "filler": ("filler", DEFAULT_FILLER)}
 
 
 def _step_setting(text: str) -> tuple[str, int]:
@@ -88,8 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help=f"sequences longer than --max-length: {', '.join(OVERFLOW_POLICIES)} "
                       f"(default {DEFAULT_OVERFLOW})")
     plan.add_argument("--seed", type=int, default=None, help="seed of the shuffling strategies (default 0)")
-    plan.add_argument("--window", type=int, default=None,
-                      help=f"sequences per window for --strategy window (default {DEFAULT_WINDOW})")
+    plan.add_argument("--filler", type=float, default=None,
+                      help=f"for --strategy mixed, the share of shortest sequences held back to fill gaps "
+                      f"(default {DEFAULT_FILLER})")
     plan.add_argument("--input-column", default="input_ids", help="token column (default %(default)s)")
     model = p.add_argument_group("model (switches the cost model from tokens to FLOPs with attention)")
     model.add_argument("--hidden-size", type=int, help="model width")
