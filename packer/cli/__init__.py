@@ -10,10 +10,10 @@ import logging
 import sys
 
 from packer import __version__
-from packer.cli import pack, stats
+from packer.cli import pack, report, stats
 from packer.errors import PackerError
 
-COMMANDS = [pack, stats]
+COMMANDS = [pack, stats, report]
 EXIT_ERROR = 2
 
 log = logging.getLogger("packer")
