@@ -91,20 +91,32 @@ class _Gatherer:
         self.inp = inp
         self.segments = segments
         self.chunk_starts = inp.chunk_row_starts()
+        # Output buffers are reused from shard to shard: fresh 80 MB arrays per shard cost a page fault and a
+        # zeroing per 4 KiB page, measured at a third of the gather time on the reference set.
+        self._ids = np.empty(0, dtype=np.int32)
+        self._labels = np.empty(0, dtype=np.int32)
+
+    def _buffers(self, total: int):
+        if self._ids.shape[0] < total:
+            self._ids = np.empty(total, dtype=np.int32)
+            self._labels = np.empty(total, dtype=np.int32)
+        return self._ids[:total], self._labels[:total]
 
     def _where(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.chunk_starts, rows, side="right") - 1
 
     def gather(self, seg: np.ndarray):
-        """Tokens and labels (int32, boundary labels not yet masked) of segments ``seg`` laid back to back."""
+        """Tokens and labels (int32, boundary labels not yet masked) of segments ``seg`` laid back to back.
+
+        The returned arrays are views of buffers that the next call overwrites: write them out first.
+        """
         segs = self.segments
         rows = segs.row[seg]
         lens = segs.length[seg].astype(np.int64)
         dst = np.zeros(seg.shape[0], dtype=np.int64)
         np.cumsum(lens[:-1], out=dst[1:])
         total = int(lens.sum())
-        ids = np.empty(total, dtype=np.int32)
-        labels = np.empty(total, dtype=np.int32)
+        ids, labels = self._buffers(total)
         chunk_of = self._where(rows)
         by_chunk = np.argsort(chunk_of, kind="stable")
         bounds = np.flatnonzero(np.diff(chunk_of[by_chunk])) + 1
@@ -129,14 +141,14 @@ class _Gatherer:
             labels[:] = ids
         elif mode == "mask":
             np.copyto(labels, np.where(labels != 0, ids, np.int32(fmt.IGNORE_INDEX)).astype(np.int32))
-        elif np.any(labels < 0):
-            bad = (labels < 0) & (labels != fmt.IGNORE_INDEX)
-            if bad.any():
-                k = int(np.searchsorted(dst, int(np.argmax(bad)), side="right") - 1)
+        else:
+            bad = kernels.first_not_label(labels, fmt.IGNORE_INDEX)
+            if bad >= 0:
+                k = int(np.searchsorted(dst, bad, side="right") - 1)
                 path, local = self.inp.locate(int(rows[k]))
                 raise PackerError(
-                    f"{path}: column {self.inp.columns.labels!r} row {local} holds a negative label other than "
-                    f"{fmt.IGNORE_INDEX}; use {fmt.IGNORE_INDEX} for tokens that are not trained on"
+                    f"{path}: column {self.inp.columns.labels!r} row {local} holds {int(labels[bad])}, a negative "
+                    f"label other than {fmt.IGNORE_INDEX}; use {fmt.IGNORE_INDEX} for tokens that are not trained on"
                 )
         return ids, labels, lens, dst
 

@@ -10,10 +10,10 @@ import logging
 import sys
 
 from packer import __version__
-from packer.cli import pack, stats, verify
+from packer.cli import pack, report, stats, verify
 from packer.errors import PackerError
 
-COMMANDS = [pack, stats, verify]
+COMMANDS = [pack, stats, report, verify]
 EXIT_ERROR = 2
 
 log = logging.getLogger("packer")
