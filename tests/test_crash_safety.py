@@ -33,9 +33,9 @@ def _tmp_dirs(parent: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def big_input(tmp_path_factory) -> Path:
-    """4,000 reference-like rows (about 5M tokens): ``packer pack`` takes a few seconds here, most of it start-up."""
+    """3,000 reference-like rows (about 4M tokens): ``packer pack`` takes a few seconds here, most of it start-up."""
     path = tmp_path_factory.mktemp("kill") / "in.arrow"
-    table = reference_like_table(reference_like_lengths(4_000, seed=7), seed=7)
+    table = reference_like_table(reference_like_lengths(3_000, seed=7), seed=7)
     return write_stream(table, path, max_chunksize=500)
 
 
