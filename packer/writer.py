@@ -185,10 +185,19 @@ class PackedWriter:
                 shutil.rmtree(p, ignore_errors=True)
 
     def _check_replaceable(self) -> None:
-        """--overwrite replaces a folder (as the old one did); a file or a symlink there is left alone."""
+        """--overwrite replaces a packed folder or an empty folder, nothing else.
+
+        A mistyped ``--output ~`` or ``--output src/`` must not delete a user's files: a folder that holds files
+        but no packer manifest, a file and a symlink are left alone.
+        """
         out = self.output
         if out.is_symlink() or not out.is_dir():
             raise PackerError(f"{out}: exists and is not a folder; remove it or choose another --output")
+        if not (out / fmt.MANIFEST_FILE).is_file() and any(out.iterdir()):
+            raise PackerError(
+                f"{out}: exists and is not a packed folder (no {fmt.MANIFEST_FILE}), so --overwrite will not replace "
+                "it; remove it yourself or choose another --output"
+            )
 
     def __enter__(self) -> "PackedWriter":
         if not self.output.name or self.output.name in (".", ".."):

@@ -126,9 +126,14 @@ def test_existing_output_is_refused_then_overwritten(tmp_path, good, capsys):
     (out / "keep.txt").write_text("mine")
     assert main(["pack", str(good), "-o", str(out)]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    # a folder of someone's files is never replaced, even with --overwrite
+    assert main(["pack", str(good), "-o", str(out), "--overwrite"]) == 2
+    assert "is not a packed folder" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
-    assert main(["pack", str(good), "-o", str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / fmt.MANIFEST_FILE).is_file()
+    (out / "keep.txt").unlink()
+    assert main(["pack", str(good), "-o", str(out), "--overwrite"]) == 0  # an empty folder is fine
+    assert main(["pack", str(good), "-o", str(out), "--overwrite", "--max-length", "6"]) == 0  # a packed one too
+    assert fmt.read_manifest(out)["config"]["capacity"] == 6
 
 
 def test_datasetdict_folder_names_the_splits(tmp_path, capsys):

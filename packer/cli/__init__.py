@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from packer import __version__
@@ -78,3 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("packer: interrupted; no output was left behind", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout closed early (`packer stats DIR | head`): not an error of ours; keep Python from complaining again
+        # when it flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
