@@ -239,3 +239,33 @@ def gather(values, src, lengths, dst, out):
             hi = max(hi, v)
             out[d + t] = v
     return lo, hi
+
+
+@njit(cache=True)
+def fill_padded_pack(input_ids, labels, cu_seqlens, out, pad_id, ignore_index):
+    """Write one pack, padded, into ``out`` (int64, (3, capacity)): rows input_ids, labels, position_ids; return
+    the number of labels other than ``ignore_index``.
+
+    ``input_ids``/``labels`` (int32, (n,)) and ``cu_seqlens`` (int32, (k + 1,), 0 .. n) are the stored pack;
+    positions ``n:capacity`` get ``pad_id``, ``ignore_index`` and positions ``0 .. capacity - n - 1`` (the
+    padding is its own final segment). Position ids restart at 0 at every sequence start.
+
+    One pass that widens, pads and numbers the positions: numpy needs a cumsum or a repeat for the positions and
+    measured 36 us per 20,000-token pack against 21 us here (a plain copy of the stored bytes is 10.5 us).
+    """
+    n = input_ids.shape[0]
+    capacity = out.shape[1]
+    count = 0
+    for i in range(n):
+        out[0, i] = input_ids[i]
+        out[1, i] = labels[i]
+        count += labels[i] != ignore_index
+    for s in range(cu_seqlens.shape[0] - 1):
+        a = cu_seqlens[s]
+        for j in range(a, cu_seqlens[s + 1]):
+            out[2, j] = j - a
+    for i in range(n, capacity):
+        out[0, i] = pad_id
+        out[1, i] = ignore_index
+        out[2, i] = i - n
+    return count
