@@ -109,7 +109,8 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def train(argv=None) -> dict:
+    """Run the example; return ``{"losses": [per step], "seen": {epoch: [pack indices]}, "steps": int}``."""
     args = parse_args(argv)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
@@ -141,6 +142,7 @@ def main(argv=None) -> int:
              len(ds), ds.capacity, world, sampler.packs_per_step, sampler.steps_per_epoch)
 
     seen: dict[int, list[int]] = {}
+    losses: list[float] = []
     done = False
     t0 = time.perf_counter()
     for epoch in range(start_epoch, args.epochs):
@@ -174,8 +176,8 @@ def main(argv=None) -> int:
             report = torch.tensor([total])
             if distributed:
                 dist.all_reduce(report)
-            log.info("epoch %d step %d loss %.4f (%d label tokens)", epoch, step,
-                     float(report) / max(float(n_labels), 1.0), int(n_labels))
+            losses.append(float(report) / max(float(n_labels), 1.0))
+            log.info("epoch %d step %d loss %.4f (%d label tokens)", epoch, step, losses[-1], int(n_labels))
             done = args.steps > 0 and step >= args.steps
         if done:
             break
@@ -191,6 +193,11 @@ def main(argv=None) -> int:
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
+    return {"losses": losses, "seen": seen, "steps": step}
+
+
+def main(argv=None) -> int:
+    train(argv)
     return 0
 
 
