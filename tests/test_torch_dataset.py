@@ -85,6 +85,16 @@ def test_items_reproduce_every_sequence_once(packed, lengths):
     assert len(seen) + dropped == len(lengths)
 
 
+def test_int32_items(packed):
+    wide, narrow = PackedDataset(packed), PackedDataset(packed, dtype=torch.int32)
+    for i in (0, len(wide) - 1):
+        a, b = wide[i], narrow[i]
+        for k in ("input_ids", "labels", "position_ids"):
+            assert b[k].dtype == torch.int32 and torch.equal(a[k], b[k].long())
+    with pytest.raises(PackerError, match="dtype"):
+        PackedDataset(packed, dtype=torch.float32)
+
+
 def test_unpadded_items(packed):
     padded, bare = PackedDataset(packed), PackedDataset(packed, pad=False, pad_id=7)
     for i in range(len(bare)):
@@ -137,10 +147,17 @@ def test_fill_kernel_matches_reference(seed):
     cu = np.concatenate([[0], cuts, [n]]).astype(np.int32)
     ids = rng.integers(0, 2**31 - 1, n, dtype=np.int64).astype(np.int32)
     labels = np.where(rng.random(n) < 0.3, IGNORE, ids).astype(np.int32)
-    out = np.full((3, cap), -7, dtype=np.int64)
-    got = kernels.fill_padded_pack(ids, labels, cu, out, 5, IGNORE)
-    want, count = _fill_reference(ids, labels, cu, cap, 5)
-    assert (out == want).all() and got == count
+    if seed % 3 == 0:
+        labels[cu[int(rng.integers(0, len(cu) - 1))]] = 1  # a trained label at a sequence start: reported
+    out = np.full((3, cap), -7, dtype=np.int64 if seed % 2 else np.int32)
+    cu_out = np.full(len(cu) + (n < cap), -7, dtype=np.int32)
+    count, longest, bad = kernels.fill_padded_pack(ids, labels, cu, out, cu_out, 5, IGNORE)
+    want, want_count = _fill_reference(ids, labels, cu, cap, 5)
+    assert (out == want).all() and count == want_count
+    want_cu = list(cu) + ([cap] if n < cap else [])
+    assert cu_out.tolist() == want_cu and longest == max(np.diff(want_cu))
+    starts = [s for s, a in enumerate(cu[:-1]) if labels[a] != IGNORE]
+    assert bad == (starts[0] if starts else -1)
 
 
 def test_pickles_small_and_works_in_workers(packed):
