@@ -2,7 +2,7 @@
 
 Every pack is padded to the same capacity, so the work linear in tokens (projections, MLP) is the same for all
 packs; attention is not: it grows with the sum of the squared sequence lengths, and one 19,000-token sequence costs
-about 16 times as much as fifteen of 1,300. With data-parallel training each optimizer step waits for its slowest
+about 14 times as much as fifteen of 1,300. With data-parallel training each optimizer step waits for its slowest
 rank, so the sampler gives the ranks packs of equal total cost *within each step*.
 
 What one epoch does (``W`` ranks, ``m = batch_size * grad_accum`` packs per rank per optimizer step):
