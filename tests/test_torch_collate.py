@@ -22,7 +22,7 @@ from packer.torch import (
     varlen_attention,
 )
 
-from _torch_helpers import IGNORE, make_packed, random_lengths
+from tests._torch_helpers import IGNORE, make_packed, random_lengths
 
 CAP = 64
 

@@ -17,7 +17,7 @@ from packer.errors import PackerError
 from packer.packed_reader import PackedReader
 from packer.torch import PackedCollator, PackedDataset
 
-from _torch_helpers import IGNORE, expected_sequences, make_packed, random_lengths, run_python
+from tests._torch_helpers import IGNORE, expected_sequences, make_packed, random_lengths, run_python
 
 CAP = 96
 

@@ -10,7 +10,7 @@ import pytest
 
 from packer.torch import PackedDataset
 
-from _torch_helpers import REPO, make_packed, random_lengths, run_python
+from tests._torch_helpers import REPO, make_packed, random_lengths, run_python
 
 EXAMPLE = str(REPO / "examples" / "train_tiny.py")
 SMALL_MODEL = ["--dim", "16", "--layers", "1", "--heads", "2", "--vocab", "256"]

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from packer.errors import PackerError
 from packer.torch import PackedCollator, PackedDataset, PackSampler
 
-from _torch_helpers import make_packed, random_lengths
+from tests._torch_helpers import make_packed, random_lengths
 
 
 def _costs(n, seed=0):
