@@ -88,6 +88,14 @@ MANIFEST_SHARDS = "shards"
 MANIFEST_STATS = "stats"
 MANIFEST_RUN = "run"
 
+# Keys inside the manifest: ``config["capacity"]`` (tokens per pack, from ``packer.convert.PackConfig``) and each
+# entry of ``shards`` (from ``packer.writer.ShardInfo``), so that readers need not re-type them.
+CONFIG_CAPACITY = "capacity"
+SHARD_FILE = "file"
+SHARD_ROWS = "rows"
+SHARD_BYTES = "bytes"
+SHARD_SHA256 = "sha256"
+
 
 def shard_name(index: int, count: int) -> str:
     """File name of shard ``index`` out of ``count``, e.g. ``data-00000-of-00003.arrow``."""

@@ -272,12 +272,14 @@ class UriWriter:
         self.shards[index] = info
         return info
 
-    def finish(self, manifest: dict) -> dict:
+    def finish(self, manifest: dict, *, before_publish=None) -> dict:
+        """Write the manifest and the ``datasets`` files (``before_publish`` is for local outputs only)."""
         import json
         from dataclasses import asdict
 
         from packer.writer import hf_info, hf_state
 
+        assert before_publish is None, "verify a local copy of a URI output"
         manifest = dict(manifest)
         manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
         fingerprint = manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer")

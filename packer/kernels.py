@@ -251,12 +251,13 @@ def group_by_pack(slot_pack, order, slot_lengths, n_packs):
     return pack_ids, members, offsets, pack_tokens
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def gather(values, src, lengths, dst, out):
     """Copy ``values[src[k]:src[k] + lengths[k]]`` to ``out[dst[k]:...]`` for every k; return (min, max) copied.
 
-    The min/max come free with the copy and let the caller reject token ids that do not fit ``out``'s dtype
-    without a second pass over the data. An empty gather returns ``(0, 0)``.
+    The min/max let the caller reject token ids that do not fit ``out``'s dtype. They are taken from the copied
+    segment while it is still in L1 cache, in a loop of its own: a single fused copy-and-compare loop does not
+    vectorise and measured 3x slower. An empty gather returns ``(0, 0)``. Releases the GIL.
     """
     lo = np.int64(0)
     hi = np.int64(0)
@@ -265,10 +266,70 @@ def gather(values, src, lengths, dst, out):
         hi = lo
     for k in range(src.shape[0]):
         s = src[k]
+        n = lengths[k]
+        seg = values[s : s + n]
+        seg_lo = seg.min() if n > 0 else lo
+        seg_hi = seg.max() if n > 0 else hi
+        lo = min(lo, np.int64(seg_lo))
+        hi = max(hi, np.int64(seg_hi))
         d = dst[k]
-        for t in range(lengths[k]):
-            v = np.int64(values[s + t])
-            lo = min(lo, v)
-            hi = max(hi, v)
-            out[d + t] = v
+        out[d : d + n] = seg
     return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def first_not_label(labels, ignore_index):
+    """Index of the first value that is neither ``ignore_index`` nor a token id (>= 0), or -1."""
+    for i in range(labels.shape[0]):
+        v = labels[i]
+        if v < 0 and v != ignore_index:
+            return i
+    return -1
+
+
+@njit(cache=True)
+def fill_padded_pack(input_ids, labels, cu_seqlens, out, cu_out, pad_id, ignore_index):
+    """Write one stored pack, padded, into ``out`` and ``cu_out``; return ``(label_tokens, max_seqlen, bad)``.
+
+    Args:
+        input_ids, labels: int32 (n,), the stored pack.
+        cu_seqlens: int32 (k + 1,), 0 .. n.
+        out: int (3, capacity), capacity >= n: rows input_ids, labels, position_ids. Positions ``n:`` get
+            ``pad_id``, ``ignore_index`` and ``0 .. capacity - n - 1`` (the padding is its own final segment);
+            position ids restart at 0 at every sequence start.
+        cu_out: int32 (k + 1,) or, when there is padding, (k + 2,): ``cu_seqlens`` and then ``capacity``.
+
+    Returns:
+        The number of labels other than ``ignore_index``, the longest segment (padding included) and the first
+        sequence whose first label is not ``ignore_index`` (``-1`` if none; packer always masks it).
+
+    One pass that widens, pads and numbers the positions: numpy needs a cumsum or a repeat for the positions and
+    measured 36 us per 20,000-token pack against 18 us here, where writing the three int64 rows (480 kB) is the
+    cost; a plain copy of the 160 kB stored is 11 us.
+    """
+    n = input_ids.shape[0]
+    capacity = out.shape[1]
+    count = 0
+    for i in range(n):
+        out[0, i] = input_ids[i]
+        out[1, i] = labels[i]
+        count += labels[i] != ignore_index
+    longest = capacity - n
+    bad = -1
+    for s in range(cu_seqlens.shape[0] - 1):
+        a = cu_seqlens[s]
+        b = cu_seqlens[s + 1]
+        cu_out[s] = a
+        longest = max(longest, b - a)
+        if bad < 0 and labels[a] != ignore_index:
+            bad = s
+        for j in range(a, b):
+            out[2, j] = j - a
+    cu_out[cu_seqlens.shape[0] - 1] = n
+    if cu_out.shape[0] > cu_seqlens.shape[0]:
+        cu_out[cu_seqlens.shape[0]] = capacity
+    for i in range(n, capacity):
+        out[0, i] = pad_id
+        out[1, i] = ignore_index
+        out[2, i] = i - n
+    return count, longest, bad

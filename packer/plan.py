@@ -40,6 +40,9 @@ OVERFLOW_POLICIES = {
     "split": "sequences longer than the capacity are cut into capacity-sized chunks, each packed as a sequence",
 }
 DEFAULT_OVERFLOW = "drop"
+MAX_CAPACITY = 2**24
+"""The kernels keep O(capacity) tables (best fit: 9 bytes per token of capacity): 16,777,216 tokens needs about
+300 MB; a capacity near 2**31 would ask for 20 GB and crash instead of erroring."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,9 @@ def _check_capacity(capacity) -> int:
         raise PackerError(f"capacity must be an integer, got {capacity!r}")
     if capacity <= 0:
         raise PackerError(f"capacity must be positive, got {capacity}; pass --max-length 20000 or another size")
-    if capacity >= 2**31:
-        raise PackerError(f"capacity {capacity:,} does not fit int32 offsets; use a capacity below 2**31")
+    if capacity > MAX_CAPACITY:
+        raise PackerError(f"capacity {capacity:,} is more than packer supports ({MAX_CAPACITY:,} tokens, bounded by "
+                          "the memory of the packing kernels); pass a smaller --max-length")
     return int(capacity)
 
 

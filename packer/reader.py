@@ -5,7 +5,8 @@ Accepted inputs, given as one or many paths (a path may be a glob):
 * a ``datasets.Dataset.save_to_disk`` folder (``state.json`` lists its ``.arrow`` shards, in order);
 * ``.arrow`` files in the Arrow IPC *file* or *stream* format (told apart by their magic bytes);
 * ``.parquet`` files;
-* folders holding any of the above (searched recursively, in sorted path order).
+* folders holding any of the above (searched recursively, in sorted path order; hidden folders and packed
+  folders, those with a ``packer.json``, are skipped).
 
 Arrow IPC inputs are memory-mapped: lengths come from the list offsets, token data is paged in only when the
 converter gathers it. Parquet is compressed on disk, so its needed columns are decoded into memory.
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer.errors import PackerError
+from packer.format import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,12 @@ def _expand(path: Path) -> list[str]:
         if missing:
             raise PackerError(f"{path}: state.json lists {missing[0]}, which is missing; re-save the dataset")
         return [str(path / n) for n in names]
-    found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix in INPUT_SUFFIXES)
+    found = []
+    for root, dirs, names in os.walk(path):
+        # skip hidden folders (temporary outputs) and packed folders (a previous output next to its input)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.exists(os.path.join(root, d, MANIFEST_FILE))]
+        found += [os.path.join(root, n) for n in names if n.endswith(INPUT_SUFFIXES) and not n.startswith(".")]
+    found.sort()
     if not found:
         raise PackerError(f"{path}: the folder holds no .arrow or .parquet file")
     return found
@@ -203,18 +210,43 @@ def _read_table(path: str, kind: str, names: list[str]) -> pa.Table:
         if kind == "parquet":
             pf = pq.ParquetFile(path, memory_map=True)
             _require_columns(path, pf.schema_arrow.names, names)
-            return pf.read(columns=names, use_threads=True)
-        source = pa.memory_map(path, "r")
-        reader = pa.ipc.open_file(source) if kind == "arrow-file" else pa.ipc.open_stream(source)
-        _require_columns(path, reader.schema.names, names)
-        table = reader.read_all()
-        return table.select(names)
+            table = pf.read(columns=names, use_threads=True)
+        else:
+            if kind == "arrow-stream":
+                _check_stream_end(path)
+            source = pa.memory_map(path, "r")
+            reader = pa.ipc.open_file(source) if kind == "arrow-file" else pa.ipc.open_stream(source)
+            _require_columns(path, reader.schema.names, names)
+            table = reader.read_all().select(names)
+        # Full validation checks every list offset against its values buffer (about 10 us per 1,000-row batch of
+        # the reference set): without it a corrupted offset would send the gather kernel past the memory map.
+        for batch in table.to_batches():
+            batch.validate(full=True)
+        return table
     except PackerError:
         raise
-    except (pa.ArrowException, OSError, ValueError) as e:
+    except (pa.ArrowException, OSError, ValueError, MemoryError) as e:
         what = "Parquet" if kind == "parquet" else "Arrow IPC"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PackerError(f"{path}: cannot be read as {what} ({msg}); the file may be truncated or corrupted") from None
+
+
+ARROW_STREAM_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
+def _check_stream_end(path: str) -> None:
+    """An Arrow IPC stream cut at a record-batch boundary still parses, minus its last batches; only the
+    end-of-stream marker that every writer's ``close()`` appends tells it from a complete one."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < len(ARROW_STREAM_EOS):
+            raise PackerError(f"{path}: too short to be an Arrow IPC stream; the file is truncated")
+        fh.seek(-len(ARROW_STREAM_EOS), os.SEEK_END)
+        if fh.read() != ARROW_STREAM_EOS:
+            raise PackerError(
+                f"{path}: the Arrow IPC stream has no end-of-stream marker, so it is truncated (or its writer was "
+                "never closed); re-create the file"
+            )
 
 
 def _require_columns(path: str, have: list[str], want: list[str]) -> None:
@@ -237,13 +269,23 @@ def _check_list_type(path: str, name: str, typ: pa.DataType, *, allow_bool: bool
 def _numpy_values(path: str, name: str, arr: pa.Array, row_start: int) -> np.ndarray:
     values = arr.values
     if values.null_count:
-        # find the first row that holds a null item, for the message
-        for i in range(len(arr)):
-            if arr[i].values.null_count:
-                raise PackerError(f"{path}: column {name!r} row {row_start + i} holds a null token; fix or drop it")
+        # the row holding the first null item, for the message (arr.offsets index arr.values)
+        item = int(np.argmax(values.is_null().to_numpy(zero_copy_only=False)))
+        offsets = arr.offsets.to_numpy()
+        row = int(np.searchsorted(offsets, item, side="right")) - 1
+        if 0 <= row < len(arr) and offsets[row] <= item < offsets[row + 1]:
+            raise PackerError(f"{path}: column {name!r} row {row_start + row} holds a null token; fix or drop it")
+        values = values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        if values.null_count:  # pragma: no cover - the search above finds it
+            raise PackerError(f"{path}: column {name!r} holds a null token; fix or drop it")
+        return np.concatenate([np.zeros(int(offsets[0]), _numpy_dtype(values.type)), values.to_numpy()])
     if pa.types.is_boolean(values.type):
         return values.to_numpy(zero_copy_only=False).astype(np.uint8)
     return values.to_numpy(zero_copy_only=True)
+
+
+def _numpy_dtype(typ: pa.DataType):
+    return np.uint8 if pa.types.is_boolean(typ) else typ.to_pandas_dtype()
 
 
 def _first_null(arr: pa.ChunkedArray) -> int:

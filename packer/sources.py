@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from packer import reader
 from packer.errors import PackerError
+from packer.format import MANIFEST_FILE
 from packer.reader import Chunk, Columns
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,15 @@ def _resolve(inputs: list) -> list[str]:
             out.append(uri)
             continue
         scheme = uri[: uri.index("://") + 3]
+        listing = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        root = inner.rstrip("/")
+        # as for local folders: skip hidden entries (temporary outputs) and packed folders (a previous output)
+        packed = [posixpath.dirname(i.path) + "/" for i in listing if posixpath.basename(i.path) == MANIFEST_FILE]
         found = sorted(
-            i.path for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+            i.path for i in listing
             if i.type == pafs.FileType.File and i.path.endswith(reader.INPUT_SUFFIXES)
+            and not any(part.startswith(".") for part in i.path[len(root):].split("/"))
+            and not any(i.path.startswith(d) for d in packed)
         )
         if not found:
             raise PackerError(f"{uri}: the folder holds no .arrow or .parquet file")
@@ -167,6 +174,19 @@ def has_column(inputs, name: str) -> bool:
         raise PackerError(f"{uri}: cannot read its schema ({e}); the file may be truncated or corrupted") from None
 
 
+def _check_stream_end(uri: str) -> None:
+    """Refuse an Arrow IPC stream without its end-of-stream marker (cut at a batch boundary, it parses silently)."""
+    if not is_uri(uri):
+        return reader._check_stream_end(uri)
+    fs, inner, _ = filesystem(uri)
+    size = fs.get_file_info(inner).size
+    with fs.open_input_file(inner) as fh:
+        tail = fh.read_at(len(reader.ARROW_STREAM_EOS), max(0, size - len(reader.ARROW_STREAM_EOS)))
+    if size < len(reader.ARROW_STREAM_EOS) or tail != reader.ARROW_STREAM_EOS:
+        raise PackerError(f"{uri}: the Arrow IPC stream has no end-of-stream marker, so it is truncated (or its "
+                          "writer was never closed); re-create the file")
+
+
 def _open_source(uri: str):
     fs, inner, local = filesystem(uri)
     return pa.memory_map(inner, "r") if local else fs.open_input_file(inner)
@@ -192,7 +212,10 @@ def _check_schema(uri: str, schema: pa.Schema, columns: Columns, names: list[str
 
 
 def _check_batch(uri: str, batch: pa.RecordBatch, names: list[str], row0: int) -> np.ndarray:
-    """Validate one batch (nulls, equal lengths) and return its row lengths, int64 (rows,)."""
+    """Validate one batch (offsets, nulls, equal lengths) and return its row lengths, int64 (rows,)."""
+    # full validation checks every list offset against its values buffer: a corrupted offset would otherwise send
+    # the gather kernel outside the memory map (raises ArrowInvalid, reported as a corrupted file)
+    batch.validate(full=True)
     lengths = None
     for name in names:
         col = batch.column(name)
@@ -256,6 +279,8 @@ def scan_inputs(inputs, *, columns: Columns, staging: str | None = None) -> Cata
                 batches = _stage_parquet(uri, read, columns, names)
                 schema = None
             else:
+                if kind == "arrow-stream":
+                    _check_stream_end(uri)
                 schema, batches = _ipc_batches(uri, kind)
                 _check_schema(uri, schema, columns, names)
             row0 = row
@@ -268,7 +293,7 @@ def scan_inputs(inputs, *, columns: Columns, staging: str | None = None) -> Cata
                 row += batch.num_rows
         except PackerError:
             raise
-        except (pa.ArrowException, OSError, ValueError) as e:
+        except (pa.ArrowException, OSError, ValueError, MemoryError) as e:
             what = "Parquet" if kind == "parquet" else "Arrow IPC"
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise PackerError(f"{uri}: cannot be read as {what} ({msg}); the file may be truncated or corrupted") \

@@ -4,16 +4,27 @@ A reader therefore sees either no folder or a complete one: the manifest (:data:
 written after every shard has been flushed and fsynced, and the folder only gets its final name by an atomic
 ``os.rename`` once the manifest is there. An error or a kill leaves at most a ``.packer-tmp-*`` folder, which the
 next run into the same output removes.
+
+``--overwrite`` swaps the new folder and the old one in one atomic ``renameat2(RENAME_EXCHANGE)`` (Linux >= 3.15
+on ext4, xfs, btrfs, tmpfs), so a kill at any moment leaves the old output or the new one. Where the exchange is
+unsupported it falls back to two renames (old aside, new into place); a kill between them, a window of
+microseconds, leaves no output, and the next run cleans up both folders.
+
+A lock file ``.<name>.lock`` next to the output (``fcntl.flock``, released by the kernel when the process dies)
+serialises runs into the same output: the second one fails at once with a clear message.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -211,12 +222,32 @@ class PackedWriter:
         self._lock_fd = fd
 
     def _remove_stale_tmp(self) -> None:
-        prefix = f"{fmt.TMP_DIR_PREFIX}{self.output.name}-"
-        for p in self.output.parent.glob(prefix + "*"):
-            log.info("removing %s left by an interrupted run", p)
-            shutil.rmtree(p, ignore_errors=True)
+        # Exactly this output's temp and trash folders: a plain prefix match on ".packer-tmp-out-" would also
+        # delete the live temp folder of a concurrent run into "out-2", which holds a different lock.
+        pattern = re.compile(re.escape(f"{fmt.TMP_DIR_PREFIX}{self.output.name}-") + r"(?:old-)?[0-9a-f]{12}")
+        for p in self.output.parent.iterdir():
+            if pattern.fullmatch(p.name):
+                log.info("removing %s left by an interrupted run", p)
+                shutil.rmtree(p, ignore_errors=True)
+
+    def _check_replaceable(self) -> None:
+        """--overwrite replaces a packed folder or an empty folder, nothing else.
+
+        A mistyped ``--output ~`` or ``--output src/`` must not delete a user's files: a folder that holds files
+        but no packer manifest, a file and a symlink are left alone.
+        """
+        out = self.output
+        if out.is_symlink() or not out.is_dir():
+            raise PackerError(f"{out}: exists and is not a folder; remove it or choose another --output")
+        if not (out / fmt.MANIFEST_FILE).is_file() and any(out.iterdir()):
+            raise PackerError(
+                f"{out}: exists and is not a packed folder (no {fmt.MANIFEST_FILE}), so --overwrite will not replace "
+                "it; remove it yourself or choose another --output"
+            )
 
     def __enter__(self) -> "PackedWriter":
+        if not self.output.name or self.output.name in (".", ".."):
+            raise PackerError(f"{self.output}: not a usable output folder name; pass e.g. --output packed/")
         parent = self.output.parent
         if not parent.is_dir():
             try:
@@ -229,16 +260,20 @@ class PackedWriter:
             self._acquire_lock()
         except OSError as e:
             raise PackerError(f"{self.output}: cannot lock the output ({e.strerror})") from None
-        if self.output.exists() and not self.overwrite:  # another run finished while we waited for the lock
-            self._release_lock()
-            raise PackerError(f"{self.output}: already exists; pass --overwrite to replace it")
-        self._remove_stale_tmp()
-        self.tmp = parent / f"{fmt.TMP_DIR_PREFIX}{self.output.name}-{uuid.uuid4().hex[:12]}"
         try:
-            self.tmp.mkdir()
-        except OSError as e:
+            if self.output.exists() or self.output.is_symlink():
+                if not self.overwrite:  # another run finished while we waited for the lock
+                    raise PackerError(f"{self.output}: already exists; pass --overwrite to replace it")
+                self._check_replaceable()
+            self._remove_stale_tmp()
+            self.tmp = parent / f"{fmt.TMP_DIR_PREFIX}{self.output.name}-{uuid.uuid4().hex[:12]}"
+            try:
+                self.tmp.mkdir()
+            except OSError as e:
+                raise PackerError(f"{parent}: cannot write here ({e.strerror})") from None
+        except BaseException:
             self._release_lock()
-            raise PackerError(f"{parent}: cannot write here ({e.strerror})") from None
+            raise
         return self
 
     def _release_lock(self) -> None:
@@ -261,8 +296,14 @@ class PackedWriter:
         self.shards[index] = info
         return info
 
-    def finish(self, manifest: dict) -> dict:
-        """Write the manifest and the ``datasets`` files, then move the folder into place. Returns the manifest."""
+    def finish(self, manifest: dict, *, before_publish: Callable[[Path], None] | None = None) -> dict:
+        """Write the manifest and the ``datasets`` files, then move the folder into place. Returns the manifest.
+
+        Args:
+            manifest: the manifest without its ``shards`` entry (added here).
+            before_publish: called with the complete temporary folder just before it takes the output's name
+                (``packer pack --verify`` verifies there); an exception from it leaves no output.
+        """
         assert self.tmp is not None
         missing = [i for i, s in enumerate(self.shards) if s is None]
         if missing:
@@ -276,19 +317,35 @@ class PackedWriter:
             )
             self._write_json(fmt.MANIFEST_FILE, manifest)
             _fsync_dir(self.tmp)
-            if self.output.exists():
-                trash = self.output.parent / f"{fmt.TMP_DIR_PREFIX}{self.output.name}-old-{uuid.uuid4().hex[:8]}"
-                os.rename(self.output, trash)
-                os.rename(self.tmp, self.output)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(self.tmp, self.output)
-            _fsync_dir(self.output.parent)
+        except OSError as e:
+            raise PackerError(f"{self.output}: could not finish writing ({e.strerror or e})") from None
+        if before_publish is not None:
+            before_publish(self.tmp)
+        try:
+            self._publish()
         except OSError as e:
             raise PackerError(f"{self.output}: could not finish writing ({e.strerror or e})") from None
         self.tmp = None
         self._done = True
         return manifest
+
+    def _publish(self) -> None:
+        """Give the temporary folder the output's name (replacing an old output atomically where possible)."""
+        if not (self.output.exists() or self.output.is_symlink()):
+            os.rename(self.tmp, self.output)  # fails with ENOTEMPTY/EEXIST if someone created it meanwhile
+        elif _exchange(self.tmp, self.output):
+            # the old output now sits at self.tmp; it is this output's temp name, so a kill here is cleaned up
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            trash = self.output.parent / f"{fmt.TMP_DIR_PREFIX}{self.output.name}-old-{uuid.uuid4().hex[:12]}"
+            os.rename(self.output, trash)
+            try:
+                os.rename(self.tmp, self.output)
+            except OSError:
+                os.rename(trash, self.output)  # put the old output back rather than leave none
+                raise
+            shutil.rmtree(trash, ignore_errors=True)
+        _fsync_dir(self.output.parent)
 
     def _write_json(self, name: str, obj: dict) -> None:
         path = self.tmp / name
@@ -297,6 +354,26 @@ class PackedWriter:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with ``renameat2(RENAME_EXCHANGE)``; False where the OS or filesystem lacks it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or glibc < 2.28
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _fsync_dir(path: Path) -> None:

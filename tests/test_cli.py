@@ -82,6 +82,9 @@ def bad_inputs(tmp_path):
     t = readable_table([3, 4]).append_column("labels", pa.array([[1, 2, 3], [1, 2]], pa.list_(pa.int32())))
     f = write_arrow_file(tmp_path / "lab.arrow", t)
     cases.append(("labels length", [f], ["lab.arrow", "row 1 has 4 input_ids but 2 labels"]))
+    t = readable_table([3, 2]).append_column("labels", pa.array([[1, -100, 3], [4, -5]], pa.list_(pa.int32())))
+    f = write_arrow_file(tmp_path / "badlab.arrow", t)
+    cases.append(("negative label", [f], ["badlab.arrow", "'labels' row 1 holds -5", "use -100"]))
     f = write_arrow_file(tmp_path / "neg.arrow", pa.table({"input_ids": [[1, 2], [3, -7]]}))
     cases.append(("negative id", [f], ["neg.arrow", "row 1 holds -7"]))
     f = write_arrow_file(tmp_path / "big.arrow", pa.table({"input_ids": pa.array([[1, 2**40]], pa.list_(pa.int64()))}))
@@ -123,9 +126,14 @@ def test_existing_output_is_refused_then_overwritten(tmp_path, good, capsys):
     (out / "keep.txt").write_text("mine")
     assert main(["pack", str(good), "-o", str(out)]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    # a folder of someone's files is never replaced, even with --overwrite
+    assert main(["pack", str(good), "-o", str(out), "--overwrite"]) == 2
+    assert "is not a packed folder" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
-    assert main(["pack", str(good), "-o", str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / fmt.MANIFEST_FILE).is_file()
+    (out / "keep.txt").unlink()
+    assert main(["pack", str(good), "-o", str(out), "--overwrite"]) == 0  # an empty folder is fine
+    assert main(["pack", str(good), "-o", str(out), "--overwrite", "--max-length", "6"]) == 0  # a packed one too
+    assert fmt.read_manifest(out)["config"]["capacity"] == 6
 
 
 def test_datasetdict_folder_names_the_splits(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The converter end to end in Python: every invariant of the packed folder, on every input format."""
 import hashlib
 import json
+import logging
 
 import datasets
 import numpy as np
@@ -109,9 +110,13 @@ def test_same_input_same_bytes(tmp_path, samples_dir):
 
 def test_overwrite(tmp_path, samples_dir):
     out = tmp_path / "packed"
-    pack_dataset(samples_dir, out, progress=False)
+    first = pack_dataset(samples_dir, out, progress=False)
     with pytest.raises(PackerError, match="already exists; pass --overwrite"):
-        pack_dataset(samples_dir, out, progress=False)
+        pack_dataset(samples_dir, out, config=PackConfig(capacity=8_000), progress=False)
+    # the same command again (e.g. after a crash once the output was in place) finds it done and rewrites nothing
+    mtime = (out / fmt.MANIFEST_FILE).stat().st_mtime_ns
+    assert pack_dataset(samples_dir, out, progress=False)[fmt.MANIFEST_SHARDS] == first[fmt.MANIFEST_SHARDS]
+    assert (out / fmt.MANIFEST_FILE).stat().st_mtime_ns == mtime
     pack_dataset(samples_dir, out, config=PackConfig(capacity=8_000, overflow="split"), overwrite=True,
                  progress=False)
     assert fmt.read_manifest(out)["config"]["capacity"] == 8_000
@@ -119,6 +124,7 @@ def test_overwrite(tmp_path, samples_dir):
 
 
 def test_empty_sequences_are_skipped_and_counted(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="packer")
     table = readable_table([3, 0, 4, 0])
     src = write_arrow_file(tmp_path / "in.arrow", table)
     m = pack_dataset(src, tmp_path / "out", config=PackConfig(capacity=10), progress=False)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from packer import __version__
-from packer.cli import pack, stats
+from packer.cli import pack, report, stats, verify
 from packer.errors import PackerError
 
-COMMANDS = [pack, stats]
+COMMANDS = [pack, stats, report, verify]
 EXIT_ERROR = 2
 
 log = logging.getLogger("packer")
@@ -44,11 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message (tests and notebooks replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _configure_logging(level: int) -> None:
+    """Log packer's messages to stderr as 'packer: message' (the package logger only; root is left alone)."""
+    pkg = logging.getLogger("packer")
+    pkg.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in pkg.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("packer: %(message)s"))
+        pkg.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="packer: %(message)s", stream=sys.stderr, force=True)
+    _configure_logging(logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args._run(args) or 0)
     except PackerError as e:
@@ -57,3 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("packer: interrupted; no output was left behind", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout closed early (`packer stats DIR | head`): not an error of ours; keep Python from complaining again
+        # when it flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -7,6 +7,7 @@ examples:
   packer pack big/ --output packed/ --workers 8
   packer pack big/ --output packed/ --plan grouped --group-size 16
   packer pack s3://bucket/tokenized/ --output s3://bucket/packed/ --engine ray --ray-address auto
+  packer pack data_samples/reference_like --output packed/ --verify
 """
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     scale.add_argument("--plan", choices=list(PLANS), default=DEFAULT_PLAN, help=_choices_help(PLANS))
     scale.add_argument("--group-size", type=int, default=1,
                        help="input files per group with --plan grouped (default %(default)s)")
+    p.add_argument("--verify", action="store_true",
+                   help="before the output takes its name, check it against the input as 'packer verify --input' "
+                   "does; on a defect, no output is left")
 
 
 def _columns(args, inputs) -> Columns:
@@ -93,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
         group_size=args.group_size,
     )
     manifest = pack_dataset(args.inputs, args.output, config=config, overwrite=args.overwrite,
-                            progress=not args.quiet and sys.stderr.isatty(), workers=args.workers,
-                            engine=args.engine, ray_address=args.ray_address)
+                            progress=not args.quiet and sys.stderr.isatty(), verify=args.verify,
+                            workers=args.workers, engine=args.engine, ray_address=args.ray_address)
     print(f"wrote {args.output}: {len(manifest[fmt.MANIFEST_SHARDS])} shard(s)")
     print(format_stats(manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]["seconds"]))
     return 0

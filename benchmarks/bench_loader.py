@@ -1,0 +1,209 @@
+"""Loader throughput: PackedDataset (+ collate, + DataLoader workers) against a plain numpy memmap read.
+
+    python benchmarks/bench_loader.py                      # builds benchmarks/_data/ once (30,000 reference-like rows)
+    python benchmarks/bench_loader.py --data packed        # or any packed folder
+
+The baseline reads the same stored bytes of every pack (its input_ids, labels and cu_seqlens, int32) straight from
+``np.memmap`` of the shard files, copying them into fresh arrays; the loader does that and also widens to int64,
+pads to the capacity, numbers the positions and builds torch tensors. All methods read the packs in the same
+random order from a warm page cache, interleaved over several passes; each line reports its best pass (other
+processes on the machine only ever slow a pass down). "per worker" is one process doing a worker's whole job
+(dataset item + collate); the DataLoader lines add the worker processes and the transfer to the main process.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from packer import format as fmt  # noqa: E402
+from packer.packed_reader import PackedReader  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def build_data(rows: int) -> Path:
+    from packer.convert import PackConfig, pack_dataset
+    from packer.reader import Columns
+    from packer.synthetic import write_reference_like
+
+    root = HERE / "_data"
+    src, out = root / f"loader_input_{rows}", root / f"loader_packed_{rows}"
+    if (out / fmt.MANIFEST_FILE).exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    if not (src / "state.json").exists():
+        write_reference_like(src, rows=rows, seed=1)
+    pack_dataset(src, out, config=PackConfig(columns=Columns(labels="labels")), overwrite=True, progress=False)
+    return out
+
+
+class MemmapBaseline:
+    """Each pack's stored int32 lists located in the shard files, read with plain ``np.memmap`` slicing."""
+
+    def __init__(self, reader: PackedReader):
+        self.maps, self.spans = [], []  # spans: (map, [(start, stop) for ids, labels, cu]) per pack
+        for path in reader.shard_paths:
+            src = pa.memory_map(str(path))
+            table = pa.ipc.open_stream(src).read_all()
+            src.seek(0)
+            base = src.read_buffer(1).address
+            mm = np.memmap(path, dtype=np.int32, mode="r")
+            self.maps.append(mm)
+            cols = []
+            for name in (fmt.INPUT_IDS, fmt.LABELS, fmt.CU_SEQLENS):
+                for chunk in table.column(name).chunks:
+                    values = chunk.values
+                    start = (values.buffers()[1].address - base) // 4 + values.offset
+                    cols.append(start + chunk.offsets.to_numpy().astype(np.int64))
+                    break  # packer writes one record batch per shard
+            ids, labels, cu = cols
+            for r in range(table.num_rows):
+                self.spans.append((mm, ids[r], ids[r + 1], labels[r], labels[r + 1], cu[r], cu[r + 1]))
+
+    def read(self, i: int):
+        mm, a0, a1, b0, b1, c0, c1 = self.spans[i]
+        return np.array(mm[a0:a1]), np.array(mm[b0:b1]), np.array(mm[c0:c1])
+
+
+def timed(fn, order) -> float:
+    t = time.perf_counter()
+    for i in order:
+        fn(i)
+    return time.perf_counter() - t
+
+
+class _EmptyPacks:
+    """Items of the same shapes that cost nothing to make: what a DataLoader's worker transfer alone costs."""
+
+    def __init__(self, n: int, capacity: int):
+        self.n, self.capacity = n, capacity
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        buf = torch.empty((3, self.capacity), dtype=torch.int64)
+        return {"input_ids": buf[0], "labels": buf[1], "position_ids": buf[2],
+                "cu_seqlens": torch.zeros(2, dtype=torch.int32), "max_seqlen": self.capacity,
+                "num_label_tokens": 0, "num_tokens": 0, "index": i}
+
+
+def loader_pass(ds, order, workers: int, batch_size: int) -> tuple[float, int]:
+    """Seconds for all batches after the first (worker start-up excluded) and the packs they held."""
+    from torch.utils.data import DataLoader
+
+    from packer.torch import PackedCollator
+
+    batches = [order[k : k + batch_size].tolist() for k in range(0, len(order), batch_size)]
+    loader = DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=PackedCollator(),
+                        prefetch_factor=4 if workers else None)
+    it = iter(loader)
+    next(it)
+    t = time.perf_counter()
+    packs = 0
+    for batch in it:
+        packs += batch["input_ids"].shape[0]
+    return time.perf_counter() - t, packs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, help="a packed folder (default: build one in benchmarks/_data/)")
+    p.add_argument("--rows", type=int, default=30_000, help="reference-like rows to pack when building data")
+    p.add_argument("--passes", type=int, default=5)
+    p.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
+    p.add_argument("--batch-size", type=int, default=1)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import torch
+
+    from packer.torch import PackedDataset, collate_packed
+
+    data = args.data or build_data(args.rows)
+    t = time.perf_counter()
+    ds = PackedDataset(data)
+    first_open_s = time.perf_counter() - t  # includes pyarrow's one-time IPC set-up
+    t = time.perf_counter()
+    ds = PackedDataset(data)
+    open_s = time.perf_counter() - t
+    reader = ds.reader
+    n = len(ds)
+    stored = int(reader.num_tokens().sum() * 8 + (reader.num_sequences().sum() + n) * 4)
+    folder_bytes = sum(pth.stat().st_size for pth in reader.shard_paths)
+    for pth in reader.shard_paths:  # warm the page cache: every method reads from memory
+        with open(pth, "rb") as fh:
+            while fh.read(16 << 20):
+                pass
+    base = MemmapBaseline(reader)
+    order = np.random.default_rng(0).permutation(n)
+    ds32 = PackedDataset(data, dtype=torch.int32)
+    ds[0], ds32[0], collate_packed([ds[0]])  # compile / load the numba kernel before timing
+
+    def reader_copy(i):
+        return [np.array(x) for x in reader.pack(i)]
+
+    methods = {
+        "numpy memmap read (baseline)": base.read,
+        "PackedReader.pack + copy": reader_copy,
+        "PackedDataset[i]": ds.__getitem__,
+        "PackedDataset[i] + collate (per worker)": lambda i: collate_packed([ds[i]]),
+        "PackedDataset(dtype=int32)[i] + collate": lambda i: collate_packed([ds32[i]]),
+    }
+    best = {k: float("inf") for k in methods}
+    best_loader = {w: (float("inf"), 1) for w in args.workers}
+    best_floor = {w: (float("inf"), 1) for w in args.workers}
+    floor = _EmptyPacks(n, ds.capacity)
+    torch.set_num_threads(1)
+    for _ in range(args.passes):
+        for name, fn in methods.items():
+            best[name] = min(best[name], timed(fn, order))
+        for w in args.workers:
+            sec, packs = loader_pass(ds, order, w, args.batch_size)
+            if sec / packs < best_loader[w][0] / best_loader[w][1]:
+                best_loader[w] = (sec, packs)
+            sec, packs = loader_pass(floor, order, w, args.batch_size)
+            if sec / packs < best_floor[w][0] / best_floor[w][1]:
+                best_floor[w] = (sec, packs)
+
+    mean_tokens = reader.num_tokens().mean()
+    print(f"data: {data} ({n:,} packs of {ds.capacity:,} tokens, {mean_tokens:,.0f} real tokens per pack, "
+          f"{folder_bytes / 1e6:,.0f} MB in {reader.n_shards} shards)")
+    print(f"open: {open_s * 1e3:.1f} ms ({first_open_s * 1e3:.0f} ms the first time in a process)")
+    print(f"cpu: {os.cpu_count()} cores visible; torch {torch.__version__}; best of {args.passes} passes, "
+          "random pack order, warm page cache")
+    print(f"stored bytes read per pack: {stored / n / 1e3:,.1f} kB (input_ids + labels + cu_seqlens, int32)\n")
+    base_rate = n / best["numpy memmap read (baseline)"]
+    print(f"{'method':48s} {'packs/s':>10s} {'MB/s':>9s} {'us/pack':>9s} {'vs memmap':>10s}")
+    rows = [(k, n / v) for k, v in best.items()]
+    for w in args.workers:
+        rows.append((f"DataLoader(num_workers={w}, batch_size={args.batch_size})",
+                     best_loader[w][1] / best_loader[w][0]))
+        rows.append((f"  same, items torch.empty (transfer floor)", best_floor[w][1] / best_floor[w][0]))
+    for name, rate in rows:
+        print(f"{name:48s} {rate:10,.0f} {rate * stored / n / 1e6:9,.0f} {1e6 / rate:9.1f} {rate / base_rate:9.0%}")
+    per_worker = n / best["PackedDataset[i] + collate (per worker)"]
+    written = 3 * ds.capacity * 8
+    print(f"\nbytes written per pack: memmap read {stored / n / 1e3:,.0f} kB, PackedDataset item {written / 1e3:,.0f} kB "
+          f"(three int64 rows); GB/s written: memmap {base_rate * stored / n / 1e9:.1f}, "
+          f"dataset + collate {per_worker * written / 1e9:.1f}")
+    print(f"loader (dataset + collate, one worker) vs numpy memmap read: {per_worker / base_rate:.0%} (target >= 50%)")
+    print(f"packs/s per worker: {per_worker:,.0f} (target >= 2,000)")
+    for w, (sec, packs) in best_loader.items():
+        print(f"DataLoader with {w} worker(s): {packs / sec:,.0f} packs/s, {packs / sec / w:,.0f} per worker")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

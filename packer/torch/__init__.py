@@ -1,0 +1,29 @@
+"""The torch layer: packed folders into any torch training loop, on one GPU or many.
+
+``import packer`` does not import this package (nor torch); ``import packer.torch`` does. Inside it, ``torch``
+is the real torch.
+
+* :class:`PackedDataset` (``dataset.py``): a map-style Dataset, one padded pack per item.
+* :class:`PackedCollator` (``collate.py``): batches with flash-attn varlen and Hugging Face padding-free keys.
+* :class:`PackSampler` (``sampler.py``): per-epoch deterministic, duplicate-free, attention-balanced and resumable
+  distributed sampling.
+* :func:`block_causal_mask`, :func:`flex_block_mask`, :func:`varlen_attention` (``attention.py``).
+"""
+from packer.torch.attention import block_causal_mask, flex_block_mask, segment_ids, varlen_attention
+from packer.torch.collate import FLASH_ATTN_KEYS, HF_KEYS, PackedCollator, collate_packed
+from packer.torch.dataset import PackedDataset
+from packer.torch.sampler import Imbalance, PackSampler
+
+__all__ = [
+    "FLASH_ATTN_KEYS",
+    "HF_KEYS",
+    "Imbalance",
+    "PackSampler",
+    "PackedCollator",
+    "PackedDataset",
+    "block_causal_mask",
+    "collate_packed",
+    "flex_block_mask",
+    "segment_ids",
+    "varlen_attention",
+]

@@ -1,0 +1,138 @@
+"""Collating packs into a batch for flash-attn varlen kernels and Hugging Face padding-free models.
+
+A batch of ``B`` items from :class:`packer.torch.PackedDataset` becomes (``L`` = the items' length, the capacity
+when padded; ``T = B * L`` tokens in all):
+
+========================  ==============  ======================================================================
+key                       type            meaning
+========================  ==============  ======================================================================
+``input_ids``             int64 (B, L)    tokens; with ``flatten=True`` (1, T), the packs back to back
+``labels``                int64 (B, L)    aligned with ``input_ids`` (the model shifts them), ``-100`` = no loss
+``position_ids``          int64 (B, L)    restart at 0 at every sequence (and at the padding segment)
+``cu_seqlens``            int32 (S + 1,)  flash-attn varlen boundaries over the *flattened* batch: pack ``b``'s
+                                          segments shifted by ``b * L``; ``cu_seqlens[-1] == T``
+``max_seqlen``            int             the longest segment (flash-attn ``max_seqlen``)
+``cu_seq_lens_q``/``_k``  int32 (S + 1,)  the same tensor as ``cu_seqlens`` (Hugging Face flash-attention keys)
+``max_length_q``/``_k``   int             the same as ``max_seqlen``
+``num_label_tokens``      int             ``(labels != -100).sum()``: tokens the shifted loss is computed on
+``num_tokens``            int             real (unpadded) tokens in the batch
+``index``                 int64 (B,)      the packs' indices in the folder
+========================  ==============  ======================================================================
+
+``PackedCollator(keys="hf")`` keeps only ``input_ids``, ``labels``, ``position_ids``, ``cu_seq_lens_q``,
+``cu_seq_lens_k``, ``max_length_q``, ``max_length_k``: exactly what a transformers model loaded with
+``attn_implementation="flash_attention_2"`` takes for padding-free training, so ``model(**batch)`` works (its
+flash-attention path flattens the (B, L) batch to T tokens and uses the given ``cu_seq_lens``; the loss shifts
+``labels`` within each row, and every row starts with ``-100``). ``keys="flash_attn"`` keeps ``input_ids``,
+``labels``, ``position_ids``, ``cu_seqlens``, ``max_seqlen`` for a model that calls ``flash_attn_varlen_func``
+itself. ``keys="all"`` (the default) keeps everything above.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from packer.errors import PackerError
+
+HF_KEYS = ("input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+"""The Hugging Face padding-free flash-attention inputs (``transformers`` ``FlashAttentionKwargs``)."""
+
+FLASH_ATTN_KEYS = ("input_ids", "labels", "position_ids", "cu_seqlens", "max_seqlen")
+"""The inputs of a model that calls ``flash_attn.flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens,
+max_seqlen, max_seqlen, causal=True)`` on its flattened (T, heads, dim) activations."""
+
+KEY_SETS = ("all", "hf", "flash_attn")
+_TOKEN_KEYS = ("input_ids", "labels", "position_ids")
+
+
+def _empty(items: list[dict], shape: tuple[int, ...]) -> torch.Tensor:
+    numel = 1
+    for d in shape:
+        numel *= d
+    if get_worker_info() is not None:
+        # As torch's default_collate does in a worker: allocate the batch in shared memory directly, so sending it
+        # to the main process needs no extra copy.
+        elem = items[0]["input_ids"]
+        storage = elem._typed_storage()._new_shared(numel, device=elem.device)
+        return elem.new(storage).resize_(*shape)
+    return torch.empty(shape, dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class PackedCollator:
+    """Collate function for :class:`packer.torch.PackedDataset` items (see the module docstring for the keys).
+
+    Args:
+        keys: which keys to emit: ``"all"``, ``"hf"`` (Hugging Face padding-free flash-attention keys only) or
+            ``"flash_attn"`` (flash-attn varlen keys only).
+        flatten: lay the packs back to back as one row, (1, T), as Hugging Face's ``DataCollatorWithFlattening``
+            does; needed for items of different lengths (``PackedDataset(pad=False)``). Default: stack to (B, L).
+
+    Example:
+        >>> loader = DataLoader(PackedDataset("packed"), batch_size=2, collate_fn=PackedCollator())  # doctest: +SKIP
+        >>> batch = next(iter(loader)); batch["cu_seqlens"][-1].item()                           # doctest: +SKIP
+        40000
+    """
+
+    keys: str = "all"
+    flatten: bool = False
+
+    def __post_init__(self):
+        if self.keys not in KEY_SETS:
+            raise PackerError(f"keys must be one of {', '.join(KEY_SETS)}; got {self.keys!r}")
+
+    def __call__(self, items: list[dict]) -> dict:
+        if not items:
+            raise PackerError("cannot collate an empty batch")
+        lengths = [int(it["input_ids"].shape[0]) for it in items]
+        b = len(items)
+        if not self.flatten and min(lengths) != max(lengths):
+            raise PackerError(
+                f"packs of different lengths ({min(lengths):,} and {max(lengths):,} tokens) cannot be stacked; pad "
+                "them (PackedDataset(pad=True)) or collate with PackedCollator(flatten=True)"
+            )
+        total = sum(lengths)
+        if b == 1:
+            # a single item's rows are already one storage: views, no copy
+            tokens = {k: items[0][k][None] for k in _TOKEN_KEYS}
+        else:
+            shape = (3, 1, total) if self.flatten else (3, b, lengths[0])
+            buf = _empty(items, shape)
+            for r, k in enumerate(_TOKEN_KEYS):
+                if self.flatten:
+                    torch.cat([it[k] for it in items], out=buf[r, 0])
+                else:
+                    torch.stack([it[k] for it in items], out=buf[r])
+            tokens = {k: buf[r] for r, k in enumerate(_TOKEN_KEYS)}
+
+        if b == 1:
+            cu = items[0]["cu_seqlens"]
+        else:
+            parts, offset = [items[0]["cu_seqlens"]], lengths[0]
+            for it, n in zip(items[1:], lengths[1:]):
+                parts.append(it["cu_seqlens"][1:] + offset)
+                offset += n
+            cu = torch.cat(parts)
+        max_seqlen = max(int(it["max_seqlen"]) for it in items)
+        batch = dict(tokens)
+        if self.keys in ("all", "flash_attn"):
+            batch["cu_seqlens"] = cu
+            batch["max_seqlen"] = max_seqlen
+        if self.keys in ("all", "hf"):
+            batch["cu_seq_lens_q"] = cu
+            batch["cu_seq_lens_k"] = cu
+            batch["max_length_q"] = max_seqlen
+            batch["max_length_k"] = max_seqlen
+        if self.keys == "all":
+            batch["num_label_tokens"] = sum(int(it["num_label_tokens"]) for it in items)
+            batch["num_tokens"] = sum(int(it["num_tokens"]) for it in items)
+            # from_numpy: 0.9 us against 2.1 us for torch.tensor (measured; this runs once per batch)
+            batch["index"] = torch.from_numpy(np.array([int(it["index"]) for it in items], dtype=np.int64))
+        return batch
+
+
+collate_packed = PackedCollator()
+"""The default collator: every key, packs stacked to (B, L)."""

@@ -1,0 +1,398 @@
+"""packer.report / packer report: the padding-vs-packing comparison, computed from the data and the plan."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests._report_helpers import (
+    REFERENCE_HEADINGS,
+    REFERENCE_SECTIONS,
+    expected_steps,
+    png_ok,
+    slow_padding,
+    slow_table_rows,
+)
+from packer.cli import main
+from packer.convert import PackConfig, pack_dataset
+from packer.errors import PackerError
+from packer.plan import make_segments, plan_packs
+from packer.reader import open_input
+from packer.report import (
+    ModelShape,
+    TrainingSetup,
+    parse_count,
+    render_config,
+    render_json,
+    render_markdown,
+    report_from_input,
+    report_from_lengths,
+    report_from_packed,
+    simulate_padding,
+)
+from packer.synthetic import REFERENCE_ROWS, reference_like_lengths
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data_samples" / "reference_like"
+REFERENCE_SETUP = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4, padding_batch_size=2,
+                                packing_batch_size=1)
+
+
+# ------------------------------------------------------------------ the full reference-like set, from lengths
+
+
+@pytest.fixture(scope="module")
+def full_lengths():
+    # the same lengths write_reference_like(path, rows=99_388, seed=0) writes; the report reads only lengths
+    return reference_like_lengths(REFERENCE_ROWS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def full_report(full_lengths):
+    return report_from_lengths(full_lengths, capacity=20_000, setup=REFERENCE_SETUP)
+
+
+def test_full_padding_figures_equal_the_reference(full_report):
+    pad = full_report.padding
+    # exact in the reference (shared/seed/padding_vs_packing.md)
+    assert pad["total_samples"] == pad["samples_analyzed"] == 99_388
+    assert pad["per_device_train_batch_size"] == 2
+    assert pad["effective_batch_size"] == 128
+    assert pad["num_gpus"] == 4
+    assert pad["gradient_accumulation_steps"] == 16
+    assert full_report.packing["gradient_accumulation_steps"] == 32
+    assert pad["steps_per_epoch"] == 776.46875  # shown as 776.5
+    assert pad["total_optimizer_steps"] == 3_106
+    assert pad["samples_per_step"] == 128
+    assert pad["total_samples_seen"] == 397_552
+    assert pad["num_train_epochs"] == 4
+    assert pad["data_loss"] == 0.0
+    md = render_markdown(full_report)
+    assert "| steps_per_epoch | 776.5 |" in md
+    assert "| total_optimizer_steps | 3,106 |" in md
+    assert "| total_samples_seen | 397,552 |" in md
+    assert "| gradient_accumulation_steps | 16 | 32 |" in md
+
+
+def test_full_padding_overhead_is_measured(full_report, full_lengths):
+    pad = full_report.padding
+    tokens, slots, _, peak = slow_padding(full_lengths, batch_size=2, seed=0, shuffles=4)
+    assert pad["tokens_per_epoch"] == tokens
+    assert pad["token_slots_per_epoch"] == slots
+    assert pad["peak_micro_batch_slots"] == peak
+    assert pad["padding_overhead"] == pytest.approx(1 - tokens / slots, rel=1e-12)
+    assert pad["packing_efficiency"] == pytest.approx(tokens / slots, rel=1e-12)
+    assert pad["global_max_length"] == int(full_lengths.max())
+    assert pad["padding_overhead_global_max"] == pytest.approx(1 - full_lengths.mean() / full_lengths.max())
+    # dynamic padding wastes far less than padding to the global max, and more than packing
+    assert full_report.packing["padding_overhead"] < pad["padding_overhead"] < pad["padding_overhead_global_max"]
+
+
+def test_full_packing_figures_come_from_the_plan(full_report, full_lengths):
+    pack = full_report.packing
+    segments = make_segments(full_lengths, capacity=20_000, overflow="drop")
+    plan = plan_packs(segments.length, capacity=20_000)
+    assert pack["packs"] == plan.n_packs
+    assert pack["packing_efficiency"] == pytest.approx(plan.efficiency)
+    assert pack["packing_efficiency"] >= 0.999
+    assert 14.5 <= pack["samples_per_pack"] <= 15.5
+    assert pack["samples_per_pack"] == pytest.approx(segments.row.shape[0] / plan.n_packs)
+    assert pack["steps_per_epoch"] == plan.n_packs / 128
+    assert pack["total_optimizer_steps"] == expected_steps(plan.n_packs, "4", 128)
+    assert pack["samples_per_step"] == pytest.approx(128 * pack["samples_per_pack"])
+    assert pack["total_samples_seen"] == 4 * segments.row.shape[0]
+    assert pack["data_loss"] == pytest.approx(segments.dropped_rows / 99_388)
+    assert pack["global_max_length"] == 20_000
+    # the speed follows the token cost model: real tokens per processed slot, packing over padding
+    assert pack["relative_training_speed"] == pytest.approx(
+        pack["packing_efficiency"] / full_report.padding["packing_efficiency"])
+    assert pack["relative_training_speed"] > 1.3
+    assert full_report.step_ratio == pack["total_optimizer_steps"] / 3_106
+
+
+# ------------------------------------------------------------------ steps, rounding, rescaling
+
+
+@pytest.mark.parametrize("epochs", ["4", "1", "0.1", "2.5", "3.3"])
+@pytest.mark.parametrize("rows", [1, 127, 128, 129, 1000])
+def test_steps_follow_the_documented_rounding(rows, epochs):
+    lengths = np.full(rows, 10, dtype=np.int64)
+    r = report_from_lengths(lengths, capacity=100, setup=TrainingSetup(num_gpus=1, effective_batch_size=128,
+                                                                      epochs=float(epochs), padding_batch_size=1))
+    assert r.padding["steps_per_epoch"] == rows / 128
+    assert r.padding["total_optimizer_steps"] == expected_steps(rows, epochs, 128)
+    packs = r.packing["packs"]
+    assert packs == math.ceil(rows / 10)
+    assert r.packing["total_optimizer_steps"] == expected_steps(packs, epochs, 128)
+    whole, _, frac = epochs.partition(".")
+    seen = rows * int(whole + frac) / 10 ** len(frac)
+    assert r.padding["total_samples_seen"] == round(seen)
+
+
+def test_step_settings_are_rescaled_half_up():
+    # 16 padding steps, 2 packing steps: ratio 1/8; 500/8 = 62.5 -> 63 (half up), 4/8 = 0.5 -> 1, 1/8 -> min 1
+    lengths = np.array([1000] * 512, dtype=np.int64)
+    setup = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4,
+                          step_settings={"eval_steps": 500, "warmup_steps": 4, "logging_steps": 1})
+    r = report_from_lengths(lengths, capacity=16_000, setup=setup)
+    assert r.padding["total_optimizer_steps"] == 16
+    assert r.packing["packs"] == 32 and r.packing["total_optimizer_steps"] == 1
+    assert r.step_ratio == 1 / 16
+    assert r.recommended_config["eval_steps"] == 31  # 500 / 16 = 31.25
+    assert r.recommended_config["warmup_steps"] == 1
+    assert r.recommended_config["logging_steps"] == 1
+    r = report_from_lengths(np.array([1000] * 512, dtype=np.int64), capacity=8_000, setup=setup)
+    assert r.step_ratio == 2 / 16
+    assert r.recommended_config["eval_steps"] == 63  # 62.5 rounds up
+    cfg = json.loads(render_config(r, fmt_name="json"))
+    assert cfg == {"global_max_length": 8000, "per_device_train_batch_size": 1, "effective_batch_size": 128,
+                   "gradient_accumulation_steps": 32, "num_train_epochs": 4, "eval_steps": 63, "warmup_steps": 1,
+                   "logging_steps": 1}
+    yaml = render_config(r)
+    assert "\neval_steps: 63  # padding run: 500 x 0.1250" in yaml
+    assert "\nglobal_max_length: 8000\n" in yaml
+
+
+# ------------------------------------------------------------------ bad options
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"num_gpus": 0}, "--num-gpus"),
+        ({"num_gpus": -2}, "--num-gpus"),
+        ({"effective_batch_size": 0}, "--effective-batch-size"),
+        ({"effective_batch_size": 100}, "not divisible by --num-gpus 4 x --padding-batch-size 2 = 8"),
+        ({"effective_batch_size": 16, "padding_batch_size": 1, "packing_batch_size": 3}, "--packing-batch-size 3"),
+        ({"epochs": -1}, "--epochs"),
+        ({"epochs": 0}, "--epochs"),
+        ({"epochs": float("nan")}, "--epochs"),
+        ({"padding_batch_size": 0}, "--padding-batch-size"),
+        ({"packing_batch_size": 1.5}, "--packing-batch-size"),
+        ({"step_settings": {"eval_steps": 0}}, "eval_steps"),
+        ({"step_settings": {"eval steps": 5}}, "identifier"),
+        ({"step_settings": [("eval_steps", 5), ("eval_steps", 6)]}, "twice"),
+    ],
+)
+def test_bad_setup_is_refused(kwargs, words):
+    with pytest.raises(PackerError) as e:
+        TrainingSetup(**kwargs)
+    assert words in str(e.value)
+
+
+def test_divisibility_error_suggests_sizes():
+    with pytest.raises(PackerError) as e:
+        TrainingSetup(num_gpus=4, effective_batch_size=100, padding_batch_size=2)
+    assert "96 or 104" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--num-gpus", "0"], "--num-gpus must be a positive integer"),
+        (["--effective-batch-size", "100"], "not divisible"),
+        (["--epochs", "-1"], "--epochs must be a positive number"),
+        (["--hidden-size", "4096"], "--hidden-size alone"),
+        (["--max-length", "0"], "capacity must be positive"),
+    ],
+)
+def test_cli_bad_options_exit_2(argv, words, capsys):
+    assert main(["report", str(SAMPLE), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("packer: error: ") and words in err
+
+
+def test_cli_bad_step_setting_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(SAMPLE), "--step-setting", "save_delay_steps"])
+    assert e.value.code == 2
+    assert "NAME=STEPS" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ padding simulation and cost model
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 500), min_size=1, max_size=60),
+    batch=st.integers(1, 7),
+    seed=st.integers(0, 2**32 - 1),
+    shuffles=st.integers(1, 3),
+)
+def test_simulate_padding_matches_slow_reference(lengths, batch, seed, shuffles):
+    sim = simulate_padding(np.array(lengths), batch_size=batch, seed=seed, shuffles=shuffles)
+    tokens, slots, attention, peak = slow_padding(lengths, batch_size=batch, seed=seed, shuffles=shuffles)
+    assert sim.tokens == tokens
+    assert sim.slots == slots
+    assert sim.attention == pytest.approx(attention, rel=1e-12)
+    assert sim.peak_slots == peak
+    assert sim.slots >= sim.tokens
+
+
+def test_batch_of_one_has_no_padding():
+    sim = simulate_padding(np.array([5, 7, 1, 100]), batch_size=1, shuffles=2)
+    assert sim.overhead == 0.0 and sim.slots == 113
+
+
+def test_flops_cost_model_matches_hand_count():
+    # four rows, capacity 10: packs hold [6, 4] and [5, 3] (bfd), micro-batches of 2 padded to their longest
+    lengths = np.array([6, 5, 4, 3], dtype=np.int64)
+    setup = TrainingSetup(num_gpus=1, effective_batch_size=2, epochs=1, padding_batch_size=2, packing_batch_size=1)
+    model = ModelShape(hidden_size=8, num_layers=2, num_params=1000)
+    r = report_from_lengths(lengths, capacity=10, strategy="bfd", setup=setup, model=model)
+    assert r.cost_model["name"] == "flops" and r.cost_model["model"]["estimated"] == []
+    _, slots, attention, _ = slow_padding(lengths, batch_size=2, seed=0, shuffles=1)
+    pad_cost = 6 * 1000 * slots + 6 * 2 * 8 * attention
+    pack_cost = 6 * 1000 * 2 * 10 + 6 * 2 * 8 * (6**2 + 4**2 + 0**2 + 5**2 + 3**2 + 2**2)
+    assert r.padding["cost_per_epoch"] == pytest.approx(pad_cost)
+    assert r.packing["cost_per_epoch"] == pytest.approx(pack_cost)
+    assert r.packing["relative_training_speed"] == pytest.approx((18 / pack_cost) / (18 / pad_cost))
+    assert "flops" in render_markdown(r) and "Attention is" in render_markdown(r)
+
+
+def test_model_shape_estimates():
+    assert ModelShape(hidden_size=4096, num_layers=32).resolve()["num_params"] == 12 * 32 * 4096**2
+    est = ModelShape(num_params=parse_count("7B")).resolve()
+    assert est["num_layers"] == 33 and est["hidden_size"] == 128 * 33
+    assert ModelShape(num_params=12 * 10 * 64**2, hidden_size=64).resolve()["num_layers"] == 10
+    assert ModelShape(num_params=12 * 10 * 64**2, num_layers=10).resolve()["hidden_size"] == 64
+    with pytest.raises(PackerError, match="--num-layers alone"):
+        ModelShape(num_layers=32)
+    with pytest.raises(PackerError):
+        ModelShape()
+
+
+def test_parse_count():
+    assert parse_count("7B") == 7_000_000_000
+    assert parse_count("1.5k") == 1_500
+    assert parse_count("7e9") == 7_000_000_000
+    assert parse_count(42) == 42
+    for bad in ("seven", "0", "-3B", "7X"):
+        with pytest.raises(PackerError):
+            parse_count(bad)
+
+
+# ------------------------------------------------------------------ CLI end to end: tokenized and packed folders
+
+
+def test_cli_tokenized_markdown_has_the_reference_rows(capsys):
+    assert main(["report", str(SAMPLE), "--eval-steps", "500", "--step-setting", "save_delay_steps=2000"]) == 0
+    md = capsys.readouterr().out
+    assert slow_table_rows(md) == REFERENCE_SECTIONS
+    headings = [line for line in md.splitlines() if line.startswith("#")]
+    for h in REFERENCE_HEADINGS:
+        assert h in headings
+    assert headings.index("## Key Takeaways") < headings.index("## Recommendation")
+    assert "```yaml\n" in md and "\nsave_delay_steps: " in md
+    # every data row has both columns filled
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith(("| **", "| Parameter")):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            assert len(cells) == 4 and all(cells), line
+
+
+def test_cli_tokenized_json_equals_the_library(capsys):
+    assert main(["report", str(SAMPLE), "--format", "json", "--max-length", "8192", "--overflow", "split",
+                 "--num-gpus", "2", "--effective-batch-size", "16", "--epochs", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    setup = TrainingSetup(num_gpus=2, effective_batch_size=16, epochs=3)
+    lib = report_from_input(SAMPLE, capacity=8192, overflow="split", setup=setup)
+    assert out == json.loads(render_json(lib))
+    lengths = open_input([SAMPLE]).lengths()
+    assert out["padding"]["global_max_length"] == int(lengths.max())
+    assert out["packing"]["sequences_split"] == int(np.count_nonzero(lengths > 8192))
+    assert out["packing"]["data_loss"] == 0.0
+    assert out["padding"]["gradient_accumulation_steps"] == 4 and out["packing"]["gradient_accumulation_steps"] == 8
+
+
+@pytest.fixture(scope="module")
+def packed_sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_packed")
+    split = root / "split"
+    drop = root / "drop"
+    pack_dataset(SAMPLE, split, config=PackConfig(capacity=8192, overflow="split", shard_size=16), progress=False)
+    pack_dataset(SAMPLE, drop, config=PackConfig(capacity=20_000, overflow="drop", shard_size=7), progress=False)
+    return {"split": split, "drop": drop}
+
+
+def test_packed_folder_with_every_row_kept_equals_the_tokenized_report(packed_sample):
+    from_packed = report_from_packed(packed_sample["split"], setup=REFERENCE_SETUP)
+    from_input = report_from_input(SAMPLE, capacity=8192, overflow="split", setup=REFERENCE_SETUP)
+    assert from_packed.source["lengths_exact"] is True
+    assert from_packed.padding == from_input.padding
+    assert from_packed.packing == from_input.packing
+    np.testing.assert_array_equal(from_packed.distributions.lengths, open_input([SAMPLE]).lengths())
+
+
+def test_cli_packed_folder_with_drops(packed_sample, capsys):
+    assert main(["report", str(packed_sample["drop"]), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = report_from_input(SAMPLE, capacity=20_000, overflow="drop", setup=REFERENCE_SETUP)
+    assert out["source"]["kind"] == "packed" and out["source"]["lengths_exact"] is False
+    # the packs are read back exactly; only the dropped rows' individual lengths are spread from the totals
+    assert out["packing"] == json.loads(render_json(ref))["packing"]
+    for key in ("total_samples", "samples_analyzed", "global_max_length", "avg_sequence_length",
+                "total_optimizer_steps", "tokens_per_epoch", "padding_overhead_global_max"):
+        assert out["padding"][key] == pytest.approx(ref.padding[key]), key
+    assert out["padding"]["padding_overhead"] == pytest.approx(ref.padding["padding_overhead"], abs=0.02)
+    assert main(["report", str(packed_sample["drop"])]) == 0
+    assert "spread from the manifest's totals" in capsys.readouterr().out
+
+
+def test_cli_packed_folder_refuses_other_plan_options(packed_sample, capsys):
+    assert main(["report", str(packed_sample["drop"]), "--max-length", "4096"]) == 2
+    assert "was packed with --max-length 20000, not 4096" in capsys.readouterr().err
+    assert main(["report", str(packed_sample["drop"]), "--max-length", "20000", "--overflow", "drop"]) == 0
+    assert main(["report", str(packed_sample["drop"]), str(SAMPLE)]) == 2
+
+
+def test_truncate_lengths_are_recovered(tmp_path):
+    out = tmp_path / "trunc"
+    pack_dataset(SAMPLE, out, config=PackConfig(capacity=20_000, overflow="truncate"), progress=False)
+    r = report_from_packed(out, setup=REFERENCE_SETUP)
+    lengths = open_input([SAMPLE]).lengths()
+    got = r.distributions.lengths
+    assert got.sum() == lengths.sum() and got.max() == lengths.max()
+    np.testing.assert_array_equal(got[lengths <= 20_000], lengths[lengths <= 20_000])
+    assert r.packing["sequences_truncated"] == int(np.count_nonzero(lengths > 20_000))
+
+
+# ------------------------------------------------------------------ plot
+
+
+def test_plot_is_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "report.png"
+    assert main(["report", str(SAMPLE), "--plot", str(png)]) == 0
+    assert png_ok(png)
+    assert png.stat().st_size > 10_000  # three panels, not an empty canvas
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    png = tmp_path / "report.png"
+    assert main(["report", str(SAMPLE), "--plot", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'packer[plot]'" in err
+    assert not png.exists()
+
+
+def test_nothing_to_pack_is_an_error():
+    with pytest.raises(PackerError, match="no row holds a token"):
+        report_from_lengths(np.zeros(5, dtype=np.int64), capacity=10)
+    with pytest.raises(PackerError, match="every row was dropped or empty"):
+        report_from_lengths(np.array([50, 60]), capacity=10, overflow="drop")
+
+
+def test_cli_config_only(capsys):
+    assert main(["report", str(SAMPLE), "--config-only", "--config-format", "json", "--save-steps", "1000"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["per_device_train_batch_size"] == 1 and cfg["gradient_accumulation_steps"] == 32
+    assert cfg["global_max_length"] == 20_000 and 1 <= cfg["save_steps"] < 1000

@@ -1,0 +1,257 @@
+"""PackedDataset and PackedReader: items against the input sequences, padding conventions, bad folders."""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from packer import format as fmt
+from packer import kernels
+from packer.errors import PackerError
+from packer.packed_reader import PackedReader
+from packer.torch import PackedCollator, PackedDataset
+
+from tests._torch_helpers import IGNORE, expected_sequences, make_packed, random_lengths, run_python
+
+CAP = 96
+
+
+@pytest.fixture(scope="module")
+def lengths():
+    return random_lengths(120, capacity=CAP, seed=3)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, lengths):
+    # shard_size 7: several shards, so global indices cross shard boundaries
+    return make_packed(tmp_path_factory.mktemp("ds"), lengths, capacity=CAP, shard_size=7)
+
+
+def test_import_packer_does_not_import_torch():
+    code = (
+        "import sys, packer, packer.convert, packer.packed_reader, packer.cli, packer.format\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
+        "import packer.torch\n"
+        "assert 'torch' in sys.modules and packer.torch.PackedDataset\n"
+        "print('ok')"
+    )
+    res = run_python(["-c", code], timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def _slow_segments(ids, cu):
+    return [ids[a:b] for a, b in zip(cu[:-1], cu[1:])]
+
+
+def test_items_reproduce_every_sequence_once(packed, lengths):
+    ds = PackedDataset(packed, pad_id=0)
+    want = expected_sequences(lengths)
+    assert ds.capacity == CAP and len(ds) == ds.manifest["stats"]["packs"]
+    assert ds.reader.n_shards > 2
+    seen = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        ids, labels, pos = (item[k].numpy() for k in ("input_ids", "labels", "position_ids"))
+        cu = item["cu_seqlens"].numpy()
+        assert item["input_ids"].dtype == item["labels"].dtype == item["position_ids"].dtype == torch.int64
+        assert item["cu_seqlens"].dtype == torch.int32 and ids.shape == labels.shape == pos.shape == (CAP,)
+        n = item["num_tokens"]
+        assert item["index"] == i and cu[0] == 0 and (np.diff(cu) > 0).all() and cu[-1] == CAP
+        real_cu = cu if n == CAP else cu[:-1]
+        assert real_cu[-1] == n
+        assert item["max_seqlen"] == int(np.diff(cu).max())
+        # padding: pad id, no labels, a sequence of its own numbered from 0
+        assert (ids[n:] == 0).all() and (labels[n:] == IGNORE).all()
+        assert (pos[n:] == np.arange(CAP - n)).all()
+        n_labels = 0
+        for a, b in zip(real_cu[:-1], real_cu[1:]):
+            tok = int(ids[a])
+            want_ids, want_labels = want[tok]
+            assert tok not in seen, f"sequence {tok} in two places"
+            seen[tok] = i
+            assert (ids[a:b] == want_ids).all()
+            assert labels[a] == IGNORE and (labels[a + 1 : b] == want_labels[1:]).all()
+            assert (pos[a:b] == np.arange(b - a)).all()
+            # the loss of a sequence alone: logits at t scored against labels at t + 1
+            n_labels += int((want_labels[1:] != IGNORE).sum())
+        assert item["num_label_tokens"] == n_labels
+    dropped = ds.manifest["stats"]["sequences_dropped"]
+    assert len(seen) + dropped == len(lengths)
+
+
+def test_int32_items(packed):
+    wide, narrow = PackedDataset(packed), PackedDataset(packed, dtype=torch.int32)
+    for i in (0, len(wide) - 1):
+        a, b = wide[i], narrow[i]
+        for k in ("input_ids", "labels", "position_ids"):
+            assert b[k].dtype == torch.int32 and torch.equal(a[k], b[k].long())
+    with pytest.raises(PackerError, match="dtype"):
+        PackedDataset(packed, dtype=torch.float32)
+
+
+def test_unpadded_items(packed):
+    padded, bare = PackedDataset(packed), PackedDataset(packed, pad=False, pad_id=7)
+    for i in range(len(bare)):
+        a, b = padded[i], bare[i]
+        n = b["num_tokens"]
+        assert b["input_ids"].shape == (n,) and int(b["cu_seqlens"][-1]) == n
+        for k in ("input_ids", "labels", "position_ids"):
+            assert torch.equal(a[k][:n], b[k])
+        assert b["num_label_tokens"] == a["num_label_tokens"]
+    item = PackedDataset(packed, pad_id=7)[len(bare) - 1]
+    assert (item["input_ids"][item["num_tokens"] :] == 7).all()
+
+
+def test_reader_matches_pyarrow(packed):
+    reader = PackedReader(packed)
+    rows = []
+    for path in reader.shard_paths:
+        rows += pa.ipc.open_stream(pa.memory_map(str(path))).read_all().to_pylist()
+    assert len(rows) == len(reader)
+    for i, row in enumerate(rows):
+        ids, labels, cu = reader.pack(i)
+        assert ids.tolist() == row["input_ids"] and labels.tolist() == row["labels"] and cu.tolist() == row["cu_seqlens"]
+        assert not ids.flags.writeable  # a view into the memory map, not a copy
+    costs = reader.attention_costs()
+    assert costs.tolist() == [sum((b - a) ** 2 for a, b in zip(r["cu_seqlens"], r["cu_seqlens"][1:])) for r in rows]
+    assert reader.num_tokens().tolist() == [len(r["input_ids"]) for r in rows]
+    assert reader.num_sequences().tolist() == [len(r["cu_seqlens"]) - 1 for r in rows]
+    with pytest.raises(IndexError):
+        reader.pack(len(reader))
+
+
+def _fill_reference(ids, labels, cu, cap, pad_id):
+    out = np.empty((3, cap), dtype=np.int64)
+    n = len(ids)
+    out[0] = list(ids) + [pad_id] * (cap - n)
+    out[1] = list(labels) + [IGNORE] * (cap - n)
+    pos = []
+    for a, b in zip(cu[:-1], cu[1:]):
+        pos += list(range(b - a))
+    out[2] = pos + list(range(cap - n))
+    return out, sum(1 for x in labels if x != IGNORE)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fill_kernel_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    cap = int(rng.integers(1, 200))
+    n = int(rng.integers(1, cap + 1))
+    cuts = np.sort(rng.choice(np.arange(1, n), size=min(int(rng.integers(0, 6)), n - 1), replace=False))
+    cu = np.concatenate([[0], cuts, [n]]).astype(np.int32)
+    ids = rng.integers(0, 2**31 - 1, n, dtype=np.int64).astype(np.int32)
+    labels = np.where(rng.random(n) < 0.3, IGNORE, ids).astype(np.int32)
+    if seed % 3 == 0:
+        labels[cu[int(rng.integers(0, len(cu) - 1))]] = 1  # a trained label at a sequence start: reported
+    out = np.full((3, cap), -7, dtype=np.int64 if seed % 2 else np.int32)
+    cu_out = np.full(len(cu) + (n < cap), -7, dtype=np.int32)
+    count, longest, bad = kernels.fill_padded_pack(ids, labels, cu, out, cu_out, 5, IGNORE)
+    want, want_count = _fill_reference(ids, labels, cu, cap, 5)
+    assert (out == want).all() and count == want_count
+    want_cu = list(cu) + ([cap] if n < cap else [])
+    assert cu_out.tolist() == want_cu and longest == max(np.diff(want_cu))
+    starts = [s for s, a in enumerate(cu[:-1]) if labels[a] != IGNORE]
+    assert bad == (starts[0] if starts else -1)
+
+
+def test_pickles_small_and_works_in_workers(packed):
+    ds = PackedDataset(packed)
+    ds[0]  # maps a shard in this process
+    blob = pickle.dumps(ds)
+    assert len(blob) < 16_000  # manifest and offsets only, no memory map or token data
+    clone = pickle.loads(blob)
+    assert clone.reader._shards == [None] * clone.reader.n_shards
+    assert torch.equal(clone[5]["input_ids"], ds[5]["input_ids"])
+    # two simulated ranks with torch's DistributedSampler and two workers each: every pack exactly once
+    n = len(ds)
+    got = []
+    for rank in range(2):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=1, drop_last=True)
+        # rank 1's worker is spawned: it gets the dataset pickled and maps the shards itself
+        loader = DataLoader(ds, batch_size=3, sampler=sampler, num_workers=1 if rank else 2,
+                            collate_fn=PackedCollator(), multiprocessing_context="spawn" if rank else None)
+        for batch in loader:
+            got += batch["index"].tolist()
+            b, length = batch["input_ids"].shape
+            assert length == CAP and batch["cu_seqlens"][-1] == b * CAP
+    assert len(got) == len(set(got)) == n - n % 2
+
+
+def _copy_folder(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_not_a_packed_folder(tmp_path, packed):
+    with pytest.raises(PackerError, match="no such folder"):
+        PackedDataset(tmp_path / "nope")
+    with pytest.raises(PackerError, match=r"not a packed folder.*packer\.json"):
+        PackedDataset(tmp_path)
+
+
+def test_other_format_version(tmp_path, packed):
+    folder = _copy_folder(packed, tmp_path / "v")
+    path = folder / fmt.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest[fmt.MANIFEST_VERSION] = fmt.FORMAT_VERSION + 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(PackerError, match=r"packer\.json.*format version"):
+        PackedDataset(folder)
+
+
+def test_missing_shard(tmp_path, packed):
+    folder = _copy_folder(packed, tmp_path / "m")
+    victim = sorted(folder.glob("data-*.arrow"))[1]
+    victim.unlink()
+    with pytest.raises(PackerError, match=f"{victim.name}.*missing"):
+        PackedDataset(folder)
+
+
+def test_truncated_shard(tmp_path, packed):
+    folder = _copy_folder(packed, tmp_path / "t")
+    victim = sorted(folder.glob("data-*.arrow"))[2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackerError, match=f"{victim.name}.*bytes on disk"):
+        PackedDataset(folder)
+    # even when the manifest was edited to the new size, the stream itself is found truncated
+    path = folder / fmt.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest[fmt.MANIFEST_SHARDS][2][fmt.SHARD_BYTES] = len(data) // 2
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(PackerError, match=f"{victim.name}.*(truncated|damaged)"):
+        PackedDataset(folder)
+
+
+def test_checksum_mismatch_only_with_verify(tmp_path, packed):
+    folder = _copy_folder(packed, tmp_path / "c")
+    victim = sorted(folder.glob("data-*.arrow"))[0]
+    reader = PackedReader(folder)
+    ids, _, _ = reader.pack(0)
+    # flip one token of pack 0 in place: same size, valid Arrow, other bytes
+    raw = bytearray(victim.read_bytes())
+    token = ids[:1].tobytes()
+    at = raw.find(token * 4)
+    assert at > 0
+    raw[at] ^= 0xFF
+    del reader, ids
+    victim.write_bytes(bytes(raw))
+    PackedDataset(folder)  # no verification by default: opening stays cheap
+    with pytest.raises(PackerError, match=f"{victim.name}.*sha256"):
+        PackedDataset(folder, verify=True)
+    PackedDataset(packed, verify=True)  # the intact folder passes
+
+
+def test_bad_arguments(packed):
+    with pytest.raises(PackerError, match="pad_id"):
+        PackedDataset(packed, pad_id=-1)
+    with pytest.raises(PackerError, match="keys"):
+        PackedCollator(keys="nope")
