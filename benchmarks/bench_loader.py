@@ -93,10 +93,11 @@ class _EmptyPacks:
     def __getitem__(self, i: int) -> dict:
         import torch
 
-        buf = torch.empty((3, self.capacity), dtype=torch.int64)
-        return {"input_ids": buf[0], "labels": buf[1], "position_ids": buf[2],
-                "cu_seqlens": torch.zeros(2, dtype=torch.int32), "max_seqlen": self.capacity,
-                "num_label_tokens": 0, "num_tokens": 0, "index": i}
+        from packer.torch._storage import alloc_views
+
+        buf, cu, index = alloc_views([(torch.int64, (3, self.capacity)), (torch.int32, (2,)), (torch.int64, ())])
+        return {"input_ids": buf[0], "labels": buf[1], "position_ids": buf[2], "cu_seqlens": cu,
+                "max_seqlen": self.capacity, "num_label_tokens": 0, "num_tokens": 0, "index": index}
 
 
 def loader_pass(ds, order, workers: int, batch_size: int) -> tuple[float, int]:

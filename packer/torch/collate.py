@@ -31,11 +31,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
 from packer.errors import PackerError
+from packer.torch._storage import alloc_views
 
 HF_KEYS = ("input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 """The Hugging Face padding-free flash-attention inputs (``transformers`` ``FlashAttentionKwargs``)."""
@@ -46,19 +45,6 @@ max_seqlen, max_seqlen, causal=True)`` on its flattened (T, heads, dim) activati
 
 KEY_SETS = ("all", "hf", "flash_attn")
 _TOKEN_KEYS = ("input_ids", "labels", "position_ids")
-
-
-def _empty(items: list[dict], shape: tuple[int, ...]) -> torch.Tensor:
-    numel = 1
-    for d in shape:
-        numel *= d
-    if get_worker_info() is not None:
-        # As torch's default_collate does in a worker: allocate the batch in shared memory directly, so sending it
-        # to the main process needs no extra copy.
-        elem = items[0]["input_ids"]
-        storage = elem._typed_storage()._new_shared(numel, device=elem.device)
-        return elem.new(storage).resize_(*shape)
-    return torch.empty(shape, dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -96,26 +82,31 @@ class PackedCollator:
             )
         total = sum(lengths)
         if b == 1:
-            # a single item's rows are already one storage: views, no copy
+            # views of the item's own storage: nothing is copied and a worker ships one segment
             tokens = {k: items[0][k][None] for k in _TOKEN_KEYS}
+            cu = items[0]["cu_seqlens"]
+            index = items[0]["index"]
+            index = index.reshape(1) if isinstance(index, torch.Tensor) else torch.tensor([int(index)])
         else:
-            shape = (3, 1, total) if self.flatten else (3, b, lengths[0])
-            buf = _empty(items, shape)
+            n_cu = 1 + sum(int(it["cu_seqlens"].shape[0]) - 1 for it in items)
+            dtype = items[0]["input_ids"].dtype
+            buf, cu, index = alloc_views([(dtype, (3, 1, total) if self.flatten else (3, b, lengths[0])),
+                                          (torch.int32, (n_cu,)), (torch.int64, (b,))])
             for r, k in enumerate(_TOKEN_KEYS):
                 if self.flatten:
                     torch.cat([it[k] for it in items], out=buf[r, 0])
                 else:
                     torch.stack([it[k] for it in items], out=buf[r])
             tokens = {k: buf[r] for r, k in enumerate(_TOKEN_KEYS)}
-
-        if b == 1:
-            cu = items[0]["cu_seqlens"]
-        else:
-            parts, offset = [items[0]["cu_seqlens"]], lengths[0]
-            for it, n in zip(items[1:], lengths[1:]):
-                parts.append(it["cu_seqlens"][1:] + offset)
+            cu[0] = 0
+            pos, offset = 1, 0
+            for it, n in zip(items, lengths):
+                c = it["cu_seqlens"]
+                torch.add(c[1:], offset, out=cu[pos : pos + c.shape[0] - 1])
+                pos += c.shape[0] - 1
                 offset += n
-            cu = torch.cat(parts)
+            for j, it in enumerate(items):
+                index[j] = int(it["index"])
         max_seqlen = max(int(it["max_seqlen"]) for it in items)
         batch = dict(tokens)
         if self.keys in ("all", "flash_attn"):
@@ -130,7 +121,7 @@ class PackedCollator:
             batch["num_label_tokens"] = sum(int(it["num_label_tokens"]) for it in items)
             batch["num_tokens"] = sum(int(it["num_tokens"]) for it in items)
             # from_numpy: 0.9 us against 2.1 us for torch.tensor (measured; this runs once per batch)
-            batch["index"] = torch.from_numpy(np.array([int(it["index"]) for it in items], dtype=np.int64))
+            batch["index"] = index
         return batch
 
 

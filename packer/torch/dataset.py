@@ -43,6 +43,7 @@ from packer import format as fmt
 from packer import kernels
 from packer.errors import PackerError
 from packer.packed_reader import PackedReader
+from packer.torch._storage import alloc_views
 
 
 class PackedDataset(Dataset):
@@ -125,10 +126,11 @@ class PackedDataset(Dataset):
                 f"{self.reader.shard_paths[s]}: row {row} holds {n:,} tokens, more than the capacity {length:,} in "
                 f"{fmt.MANIFEST_FILE}; the folder is damaged, re-run 'packer pack'"
             )
-        # One storage for the three token rows: a single allocation, and a DataLoader worker ships one
-        # shared-memory segment instead of three.
-        buf = torch.empty((3, length), dtype=self.dtype)
-        cu_out = torch.empty(cu.shape[0] + (length > n), dtype=torch.int32)
+        # one storage for the whole item (see packer.torch._storage): a DataLoader worker ships one segment
+        buf, cu_out, index_t = alloc_views(
+            [(self.dtype, (3, length)), (torch.int32, (cu.shape[0] + (length > n),)), (torch.int64, ())]
+        )
+        index_t.fill_(index)
         n_labels, max_seqlen, bad = kernels.fill_padded_pack(
             ids, labels, cu, buf.numpy(), cu_out.numpy(), self.pad_id, fmt.IGNORE_INDEX
         )
@@ -147,5 +149,5 @@ class PackedDataset(Dataset):
             "max_seqlen": int(max_seqlen),
             "num_label_tokens": int(n_labels),
             "num_tokens": int(n),
-            "index": index,
+            "index": index_t,
         }
