@@ -16,7 +16,7 @@ key                    type              meaning
 ``max_seqlen``         int               the longest segment in ``cu_seqlens``, padding segment included
 ``num_label_tokens``   int               ``(labels != -100).sum()``: the tokens the loss is computed on
 ``num_tokens``         int               ``n``, the real tokens
-``index``              int               the pack's index in the folder
+``index``              int64 ()          the pack's index in the folder (0-d tensor: the item is one storage)
 =====================  ================  ===================================================================
 
 ``num_label_tokens`` and the label shift: ``labels`` are aligned with ``input_ids`` (Hugging Face convention: the
