@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,15 +22,7 @@ from packer.convert import PackConfig, pack_dataset  # noqa: E402
 from packer.reader import Columns, has_column, open_input  # noqa: E402
 from packer.verify import verify_packed  # noqa: E402
 
-
-def _median(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from _common import median_time  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -59,19 +49,19 @@ def main(argv=None) -> int:
         def pack_verified():
             pack_dataset(args.data, out, config=config, overwrite=True, progress=False, verify=True)
 
-        t_pack = _median(pack, args.repeat)
+        t_pack = median_time(pack, repeat=args.repeat)
         report = verify_packed(out, inputs=[args.data])
         assert report.ok, report.format()
         rows = {
             "pack": t_pack,
-            "verify": _median(lambda: verify_packed(out), args.repeat),
-            "verify, no checksums": _median(lambda: verify_packed(out, checksums=False), args.repeat),
-            "verify --input": _median(lambda: verify_packed(out, inputs=[args.data]), args.repeat),
-            "verify --input, no checksums": _median(
-                lambda: verify_packed(out, inputs=[args.data], checksums=False), args.repeat),
-            "input opened once (pack --verify reuses it)": _median(
-                lambda: verify_packed(out, inputs=open_input([args.data], columns=columns)), args.repeat),
-            "pack --verify": _median(pack_verified, args.repeat),
+            "verify": median_time(lambda: verify_packed(out), repeat=args.repeat),
+            "verify, no checksums": median_time(lambda: verify_packed(out, checksums=False), repeat=args.repeat),
+            "verify --input": median_time(lambda: verify_packed(out, inputs=[args.data]), repeat=args.repeat),
+            "verify --input, no checksums": median_time(
+                lambda: verify_packed(out, inputs=[args.data], checksums=False), repeat=args.repeat),
+            "input opened once (pack --verify reuses it)": median_time(
+                lambda: verify_packed(out, inputs=open_input([args.data], columns=columns)), repeat=args.repeat),
+            "pack --verify": median_time(pack_verified, repeat=args.repeat),
         }
         print(f"{args.data}: {report.input_rows:,} rows -> {report.packs:,} packs, {report.sequences:,} sequences, "
               f"{report.tokens:,} tokens; medians of {args.repeat}")

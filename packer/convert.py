@@ -413,9 +413,10 @@ def summary_line(manifest: dict) -> str:
     """One line: what was packed, how long it took, and the throughput."""
     s, run = manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]
     secs = run["seconds"]["total"]
+    n_shards = len(manifest[fmt.MANIFEST_SHARDS])
     return (
         f"packed {s['tokens_out']:,} tokens ({s['sequences_out']:,} sequences) into {s['packs']:,} packs "
-        f"({len(manifest[fmt.MANIFEST_SHARDS])} shards, {run['output_bytes'] / 1e6:,.1f} MB) in {secs:.2f}s: "
+        f"({n_shards} shard{'s' if n_shards != 1 else ''}, {run['output_bytes'] / 1e6:,.1f} MB) in {secs:.2f}s: "
         f"{s['tokens_out'] / max(secs, 1e-9) / 1e6:,.2f} M tok/s, {run['output_bytes'] / max(secs, 1e-9) / 1e6:,.1f} "
         f"MB/s written ({run['engine']} engine, {run['workers']} worker{'s' if run['workers'] != 1 else ''})"
     )

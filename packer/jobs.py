@@ -12,7 +12,6 @@ groups' files, at a cost of at most about one extra pack per group).
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from packer import format as fmt
 from packer.plan import PackPlan, Segments, make_segments, plan_packs
 from packer.reader import Columns, TokenizedInput
 from packer.sources import BatchChunks, Catalog, InputFile, filesystem, is_uri
-from packer.writer import ShardInfo, shard_info, write_shard_file
+from packer.writer import HashingSink, ShardInfo, shard_info, write_shard_file
 
 PLANS = {
     "global": "one plan over the whole dataset: the fewest packs (default)",
@@ -201,32 +200,6 @@ def write_job_table(job: ShardJob, table: pa.Table, n_labels: int, *, gather_s: 
                        gather_s=gather_s, write_s=time.perf_counter() - t1)
 
 
-class _HashingStream:
-    """File-like wrapper of a pyarrow output stream that hashes what goes through (same bytes as a local shard)."""
-
-    def __init__(self, out):
-        self._out = out
-        self._hash = hashlib.sha256()
-        self._pos = 0
-        self.closed = False
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        self._hash.update(view)
-        self._out.write(view)
-        self._pos += view.nbytes
-        return view.nbytes
-
-    def tell(self) -> int:
-        return self._pos
-
-    def flush(self) -> None:
-        self._out.flush()
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def write_shard_uri(uri: str, table: pa.Table) -> ShardInfo:
     """Write one shard through a pyarrow filesystem (object stores); same bytes as :func:`write_shard_file`."""
     from packer.errors import PackerError
@@ -234,12 +207,12 @@ def write_shard_uri(uri: str, table: pa.Table) -> ShardInfo:
     fs, inner, _ = filesystem(uri)
     try:
         with fs.open_output_stream(inner) as out:
-            sink = _HashingStream(out)
+            sink = HashingSink(out)
             with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
                 w.write_table(table)
     except (OSError, pa.ArrowException) as e:
         raise PackerError(f"{uri}: write failed ({e}); check the URI and its permissions") from None
-    return shard_info(uri.rsplit("/", 1)[-1], table, sink.tell(), sink._hash.hexdigest())
+    return shard_info(uri.rsplit("/", 1)[-1], table, sink.tell(), sink.hexdigest())
 
 
 class UriWriter:

@@ -50,11 +50,13 @@ class ShardInfo:
     sha256: str
 
 
-class _HashingSink:
-    """A binary file that hashes everything written to it, so checksums cost no second read."""
+class HashingSink:
+    """Wraps a binary output (a file, or a pyarrow output stream) and hashes everything written through it, so
+    checksums cost no second read. The wrapped output is its owner's to flush and close; ``close`` here only
+    tells pyarrow's ``PythonFile`` that the stream is done."""
 
-    def __init__(self, path: Path):
-        self._fh = open(path, "wb")
+    def __init__(self, out):
+        self._out = out
         self._hash = hashlib.sha256()
         self._pos = 0
         self.closed = False
@@ -62,7 +64,7 @@ class _HashingSink:
     def write(self, data) -> int:
         view = memoryview(data)
         self._hash.update(view)
-        self._fh.write(view)
+        self._out.write(view)
         self._pos += view.nbytes
         return view.nbytes
 
@@ -70,23 +72,10 @@ class _HashingSink:
         return self._pos
 
     def flush(self) -> None:
-        self._fh.flush()
+        self._out.flush()
 
     def close(self) -> None:
-        if not self.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self.closed = True
-
-    def abort(self) -> None:
-        """Close without flushing or raising (after an error); a no-op once closed."""
-        if not self.closed:
-            self.closed = True
-            try:
-                self._fh.close()
-            except OSError:
-                pass
+        self.closed = True
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -152,13 +141,12 @@ def write_shard_file(path: Path, table: pa.Table) -> ShardInfo:
     """Write one shard file (an Arrow IPC stream of :data:`packer.format.SCHEMA`), hashing while writing; fsync."""
     path = Path(path)
     try:
-        sink = _HashingSink(path)
-        try:
+        with open(path, "wb") as fh:
+            sink = HashingSink(fh)
             with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
                 w.write_table(table)
-            sink.close()
-        finally:
-            sink.abort()
+            fh.flush()
+            os.fsync(fh.fileno())
     except (OSError, pa.ArrowException) as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise PackerError(f"{path}: write failed ({reason}); check free space and permissions") from None

@@ -85,7 +85,7 @@ def test_sigkill_at_random_moments_leaves_nothing_or_a_verified_output(big_input
 
 def _fail_after(monkeypatch, calls: int, err=errno.ENOSPC):
     """Make the shard sink's write raise OSError on its ``calls``-th call (counting from 1)."""
-    original = writer_mod._HashingSink.write
+    original = writer_mod.HashingSink.write
     count = {"n": 0}
 
     def write(self, data):
@@ -94,7 +94,7 @@ def _fail_after(monkeypatch, calls: int, err=errno.ENOSPC):
             raise OSError(err, os.strerror(err))
         return original(self, data)
 
-    monkeypatch.setattr(writer_mod._HashingSink, "write", write)
+    monkeypatch.setattr(writer_mod.HashingSink, "write", write)
     return count
 
 
