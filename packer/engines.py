@@ -58,7 +58,7 @@ def run_jobs(jobs: Iterable[ShardJob], on_result: Callable[[ShardResult], None],
 
 def _run_pipelined(jobs: Iterable[ShardJob], on_result) -> None:
     """One process, two stages: this thread gathers shard k+1 while a writer thread hashes, writes and fsyncs
-    shard k. The gather kernel, sha256 and file writes all release the GIL, so the stages overlap; on the full
+    shard k. The gather kernel, the checksum and file writes all release the GIL, so the stages overlap; on the full
     reference-like set this took the in-process conversion from 2.3 s to 1.1 s. At most two shards are in memory."""
     from packer.convert import ShardBuffers  # convert imports this module
 

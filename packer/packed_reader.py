@@ -1,7 +1,7 @@
 """Reading a packed folder: memory-mapped shards, one pack at a time as zero-copy numpy views.
 
 The I/O layer under :mod:`packer.torch` (it imports no torch). Everything about the layout comes from
-:mod:`packer.format`: the manifest lists the shards in order with their ``rows``, ``bytes`` and ``sha256``; every
+:mod:`packer.format`: the manifest lists the shards in order with their ``rows``, ``bytes`` and checksum; every
 shard is an Arrow IPC *stream* file with one row per pack.
 
 Opening a folder reads the manifest, checks every listed shard exists and has the size the manifest records, and
@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import bisect
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,20 +115,12 @@ def open_shard(path: str | os.PathLike, *, rows: int | None = None) -> _Shard:
     return _Shard(path=path, batches=batches, batch_starts=np.asarray(starts, dtype=np.int64), table=table)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
 class PackedReader:
     """A packed folder, read pack by pack (see the module docstring).
 
     Args:
         path: the packed folder (written by ``packer pack`` / :func:`packer.convert.pack_dataset`).
-        verify: also hash every shard and compare with the manifest's sha256 (reads the whole folder once).
+        verify: also hash every shard and compare with the manifest's checksum (reads the whole folder once).
 
     Raises:
         PackerError: not a packed folder, another format version, a shard missing, truncated, of the wrong size or
@@ -180,11 +171,11 @@ class PackedReader:
                     "was replaced, re-run 'packer pack'"
                 )
             if verify:
-                want = entry.get(fmt.SHARD_SHA256)
-                got = sha256_file(p)
+                want = entry.get(fmt.SHARD_CHECKSUM)
+                got = fmt.file_checksum(p)
                 if got != want:
                     raise PackerError(
-                        f"{p}: sha256 {got[:16]}... does not match the manifest's {str(want)[:16]}...; the shard "
+                        f"{p}: {fmt.CHECKSUM} checksum {got[:16]}... does not match the manifest's {str(want)[:16]}...; the shard "
                         "is damaged, re-run 'packer pack'"
                     )
             paths.append(p)

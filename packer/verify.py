@@ -18,7 +18,6 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -39,7 +38,7 @@ log = logging.getLogger(__name__)
 CHECKS = {
     "manifest": "manifest readable, known format version, config and shard list well-formed",
     "files": "every listed shard present at its recorded size, no unlisted data file, state.json lists the shards",
-    "checksums": "every shard's sha256 equals the manifest's",
+    "checksums": f"every shard's {fmt.CHECKSUM} checksum equals the manifest's",
     "schema": "every shard is an Arrow IPC stream with the format's schema, no nulls, valid offsets, rows as listed",
     "capacity": "every pack holds 1..capacity tokens and as many labels as tokens",
     "cu_seqlens": "cu_seqlens starts at 0, strictly increases, ends at the pack's length, one entry per sequence + 1",
@@ -320,9 +319,10 @@ def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
                 if not _is_int(s.get(key)):
                     add(f"shard entry {i} has {key} {s.get(key)!r}, not a non-negative integer")
                     ok = False
-            sha = s.get("sha256")
-            if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-                add(f"shard entry {i} has sha256 {sha!r:.80}, not 64 hex digits")
+            digest = s.get(fmt.SHARD_CHECKSUM)
+            if not (isinstance(digest, str) and len(digest) == fmt.CHECKSUM_HEX_DIGITS
+                    and all(c in "0123456789abcdef" for c in digest)):
+                add(f"shard entry {i} has {fmt.SHARD_CHECKSUM} {digest!r:.80}, not {fmt.CHECKSUM_HEX_DIGITS} hex digits")
                 ok = False
     if not ok:
         return None
@@ -333,11 +333,6 @@ def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------------- shards
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _check_files(folder: Path, shards: list[dict], col: _Collector, *, checksums: bool) -> list[bool]:
@@ -358,9 +353,10 @@ def _check_files(folder: Path, shards: list[dict], col: _Collector, *, checksums
         if size != s["bytes"]:
             col.add("files", f"{size:,} bytes, the manifest says {s['bytes']:,}", shard=s["file"])
         if checksums:
-            digest = _sha256(path)
-            if digest != s["sha256"]:
-                col.add("checksums", f"sha256 {digest}, the manifest says {s['sha256']}", shard=s["file"])
+            digest = fmt.file_checksum(path)
+            if digest != s[fmt.SHARD_CHECKSUM]:
+                col.add("checksums", f"{fmt.CHECKSUM} {digest}, the manifest says {s[fmt.SHARD_CHECKSUM]}",
+                        shard=s["file"])
         present.append(True)
     listed = {s["file"] for s in shards}
     for p in sorted(folder.glob("data-*.arrow")):
@@ -377,7 +373,7 @@ def _check_files(folder: Path, shards: list[dict], col: _Collector, *, checksums
         if names != [s["file"] for s in shards]:
             col.add("files", f"{fmt.HF_STATE_FILE} lists {names!r:.200}, not the manifest's shards")
     col.detail["files"] = f"{len(shards)} shard file(s), {total_bytes:,} bytes, state.json consistent"
-    col.detail["checksums"] = f"sha256 of {len(shards)} shard(s) ({total_bytes:,} bytes) match"
+    col.detail["checksums"] = f"{fmt.CHECKSUM} of {len(shards)} shard(s) ({total_bytes:,} bytes) match"
     return present
 
 

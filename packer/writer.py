@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ class ShardInfo:
     tokens: int
     sequences: int
     bytes: int
-    sha256: str
+    xxh3_128: str
 
 
 class HashingSink:
@@ -57,7 +56,7 @@ class HashingSink:
 
     def __init__(self, out):
         self._out = out
-        self._hash = hashlib.sha256()
+        self._hash = fmt.new_checksum()
         self._pos = 0
         self.closed = False
 
@@ -126,14 +125,14 @@ def shard_table(
     return pa.Table.from_arrays(arrays, schema=fmt.SCHEMA)
 
 
-def shard_info(name: str, table: pa.Table, nbytes: int, sha256: str) -> ShardInfo:
+def shard_info(name: str, table: pa.Table, nbytes: int, checksum: str) -> ShardInfo:
     return ShardInfo(
         file=name,
         rows=table.num_rows,
         tokens=int(pc.list_value_length(table.column(fmt.INPUT_IDS)).to_numpy().sum()),
         sequences=int(pc.list_value_length(table.column(fmt.SEQ_INDEX)).to_numpy().sum()),
         bytes=nbytes,
-        sha256=sha256,
+        xxh3_128=checksum,
     )
 
 

@@ -289,7 +289,7 @@ MANIFEST_TARGETS = [
     ("format",), ("format_version",), ("config",), ("config", "capacity"), ("config", "overflow"),
     ("config", "columns"), ("config", "columns", "input_ids"), ("shards",), ("shards", 0), ("shards", 0, "file"),
     ("shards", 0, "rows"), ("shards", 0, "tokens"), ("shards", 0, "sequences"), ("shards", 0, "bytes"),
-    ("shards", 0, "sha256"), ("shards", -1, "sha256"), ("stats",), ("stats", "packs"), ("stats", "sequences_out"),
+    ("shards", 0, "xxh3_128"), ("shards", -1, "xxh3_128"), ("stats",), ("stats", "packs"), ("stats", "sequences_out"),
     ("stats", "tokens_out"), ("stats", "tokens_in"), ("stats", "sequences_in"), ("stats", "sequences_dropped"),
     ("stats", "tokens_dropped"), ("stats", "empty_sequences_skipped"), ("stats", "label_tokens"),
     ("input", "rows"), ("input", "fingerprint"),

@@ -1,7 +1,7 @@
 """Shared fixtures for the verify, crash-safety and hostile-input tests: readable inputs and shard surgery."""
 from __future__ import annotations
 
-import hashlib
+import xxhash
 import json
 from pathlib import Path
 
@@ -59,7 +59,7 @@ def read_shard_rows(folder: Path, index: int) -> list[dict]:
 
 
 def rewrite_shard(folder: Path, index: int, rows: list[dict], *, fix_checksum: bool = True) -> None:
-    """Replace shard ``index`` with ``rows`` (format columns); update its manifest entry (size, sha256, counts)
+    """Replace shard ``index`` with ``rows`` (format columns); update its manifest entry (size, checksum, counts)
     so that only the deeper checks can notice what changed."""
     path_manifest = folder / fmt.MANIFEST_FILE
     manifest = json.loads(path_manifest.read_text())
@@ -70,7 +70,7 @@ def rewrite_shard(folder: Path, index: int, rows: list[dict], *, fix_checksum: b
         w.write_table(table)
     if fix_checksum:
         data = path.read_bytes()
-        entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=len(rows),
+        entry.update(bytes=len(data), xxh3_128=xxhash.xxh3_128(data).hexdigest(), rows=len(rows),
                      tokens=sum(len(r[fmt.INPUT_IDS]) for r in rows),
                      sequences=sum(len(r[fmt.SEQ_INDEX]) for r in rows))
         path_manifest.write_text(json.dumps(manifest, indent=2))

@@ -245,7 +245,7 @@ def test_checksum_mismatch_only_with_verify(tmp_path, packed):
     del reader, ids
     victim.write_bytes(bytes(raw))
     PackedDataset(folder)  # no verification by default: opening stays cheap
-    with pytest.raises(PackerError, match=f"{victim.name}.*sha256"):
+    with pytest.raises(PackerError, match=f"{victim.name}.*checksum"):
         PackedDataset(folder, verify=True)
     PackedDataset(packed, verify=True)  # the intact folder passes
 

@@ -61,7 +61,7 @@ class PackedDataset(Dataset):
             Hugging Face models take as is; ``torch.int32`` halves the bytes built and sent to the GPU (items
             measured only about 7% faster on CPU, where fixed per-item overhead dominates), but convert
             ``labels.long()`` on the device before ``cross_entropy``, which rejects int32 targets.
-        verify: check every shard's sha256 against the manifest on open (reads the whole folder once).
+        verify: check every shard's checksum against the manifest on open (reads the whole folder once).
 
     Raises:
         PackerError: not a packed folder, another format version, a shard missing, truncated or (with
