@@ -98,10 +98,6 @@ class TokenizedInput:
     def n_rows(self) -> int:
         return int(self.file_rows.sum())
 
-    @property
-    def has_labels(self) -> bool:
-        return self.columns.labels is not None or self.columns.loss_mask is not None
-
     def lengths(self) -> np.ndarray:
         """Tokens per row, int64 (n_rows,), from the list offsets alone (no token data is read)."""
         parts = [np.diff(c.offsets) for c in self.chunks]
