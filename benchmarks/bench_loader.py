@@ -82,10 +82,14 @@ def timed(fn, order) -> float:
 
 
 class _EmptyPacks:
-    """Items of the same shapes that cost nothing to make: what a DataLoader's worker transfer alone costs."""
+    """Items of the same shapes that cost nothing to make: what a DataLoader's worker transfer alone costs.
 
-    def __init__(self, n: int, capacity: int):
-        self.n, self.capacity = n, capacity
+    ``shared=True`` makes them :class:`PackedBatch` dicts (packer's shared-memory slots); ``False`` plain dicts,
+    which torch sends one storage at a time (its default transport, for comparison).
+    """
+
+    def __init__(self, n: int, capacity: int, shared: bool):
+        self.n, self.capacity, self.shared = n, capacity, shared
 
     def __len__(self) -> int:
         return self.n
@@ -93,11 +97,13 @@ class _EmptyPacks:
     def __getitem__(self, i: int) -> dict:
         import torch
 
-        from packer.torch._storage import alloc_views
+        from packer.torch._transport import PackedBatch
 
-        buf, cu, index = alloc_views([(torch.int64, (3, self.capacity)), (torch.int32, (2,)), (torch.int64, ())])
-        return {"input_ids": buf[0], "labels": buf[1], "position_ids": buf[2], "cu_seqlens": cu,
-                "max_seqlen": self.capacity, "num_label_tokens": 0, "num_tokens": 0, "index": index}
+        rows = torch.empty((3, self.capacity), dtype=torch.int64)
+        item = {"input_ids": rows[0], "labels": rows[1], "position_ids": rows[2],
+                "cu_seqlens": torch.zeros(2, dtype=torch.int32), "max_seqlen": self.capacity, "num_label_tokens": 0,
+                "num_tokens": 0, "index": int(i)}
+        return PackedBatch(item) if self.shared else item
 
 
 def loader_pass(ds, order, workers: int, batch_size: int) -> tuple[float, int]:
@@ -164,8 +170,9 @@ def main(argv=None) -> int:
     }
     best = {k: float("inf") for k in methods}
     best_loader = {w: (float("inf"), 1) for w in args.workers}
-    best_floor = {w: (float("inf"), 1) for w in args.workers}
-    floor = _EmptyPacks(n, ds.capacity)
+    floors = {"items torch.empty (transfer floor)": _EmptyPacks(n, ds.capacity, shared=True),
+              "same, plain dicts (torch's transfer)": _EmptyPacks(n, ds.capacity, shared=False)}
+    best_floor = {(w, f): (float("inf"), 1) for w in args.workers for f in floors}
     torch.set_num_threads(1)
     for _ in range(args.passes):
         for name, fn in methods.items():
@@ -174,9 +181,10 @@ def main(argv=None) -> int:
             sec, packs = loader_pass(ds, order, w, args.batch_size)
             if sec / packs < best_loader[w][0] / best_loader[w][1]:
                 best_loader[w] = (sec, packs)
-            sec, packs = loader_pass(floor, order, w, args.batch_size)
-            if sec / packs < best_floor[w][0] / best_floor[w][1]:
-                best_floor[w] = (sec, packs)
+            for f, floor in floors.items():
+                sec, packs = loader_pass(floor, order, w, args.batch_size)
+                if sec / packs < best_floor[w, f][0] / best_floor[w, f][1]:
+                    best_floor[w, f] = (sec, packs)
 
     mean_tokens = reader.num_tokens().mean()
     print(f"data: {data} ({n:,} packs of {ds.capacity:,} tokens, {mean_tokens:,.0f} real tokens per pack, "
@@ -191,7 +199,8 @@ def main(argv=None) -> int:
     for w in args.workers:
         rows.append((f"DataLoader(num_workers={w}, batch_size={args.batch_size})",
                      best_loader[w][1] / best_loader[w][0]))
-        rows.append((f"  same, items torch.empty (transfer floor)", best_floor[w][1] / best_floor[w][0]))
+        for f in floors:
+            rows.append((f"  {f}", best_floor[w, f][1] / best_floor[w, f][0]))
     for name, rate in rows:
         print(f"{name:48s} {rate:10,.0f} {rate * stored / n / 1e6:9,.0f} {1e6 / rate:9.1f} {rate / base_rate:9.0%}")
     per_worker = n / best["PackedDataset[i] + collate (per worker)"]

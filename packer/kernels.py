@@ -303,33 +303,41 @@ def fill_padded_pack(input_ids, labels, cu_seqlens, out, cu_out, pad_id, ignore_
         The number of labels other than ``ignore_index``, the longest segment (padding included) and the first
         sequence whose first label is not ``ignore_index`` (``-1`` if none; packer always masks it).
 
-    One pass that widens, pads and numbers the positions: numpy needs a cumsum or a repeat for the positions and
-    measured 36 us per 20,000-token pack against 18 us here, where writing the three int64 rows (480 kB) is the
-    cost; a plain copy of the 160 kB stored is 11 us.
+    Simple loops, one output row at a time, so that each one vectorises: 4.7 us per 20,000-token pack from cache
+    against 9.0 us for one loop writing the rows interleaved (the pack read from memory adds about 8 us to either);
+    numpy needs a cumsum or a repeat for the positions and measured 36 us.
     """
     n = input_ids.shape[0]
     capacity = out.shape[1]
+    ids_out = out[0]
+    labels_out = out[1]
+    positions = out[2]
+    for i in range(n):
+        ids_out[i] = input_ids[i]
+    for i in range(n):
+        labels_out[i] = labels[i]
     count = 0
     for i in range(n):
-        out[0, i] = input_ids[i]
-        out[1, i] = labels[i]
         count += labels[i] != ignore_index
     longest = capacity - n
     bad = -1
-    for s in range(cu_seqlens.shape[0] - 1):
+    k = cu_seqlens.shape[0] - 1
+    for s in range(k):
         a = cu_seqlens[s]
         b = cu_seqlens[s + 1]
         cu_out[s] = a
         longest = max(longest, b - a)
         if bad < 0 and labels[a] != ignore_index:
             bad = s
-        for j in range(a, b):
-            out[2, j] = j - a
-    cu_out[cu_seqlens.shape[0] - 1] = n
-    if cu_out.shape[0] > cu_seqlens.shape[0]:
-        cu_out[cu_seqlens.shape[0]] = capacity
-    for i in range(n, capacity):
-        out[0, i] = pad_id
-        out[1, i] = ignore_index
-        out[2, i] = i - n
+        segment = positions[a:b]
+        for j in range(b - a):
+            segment[j] = j
+    cu_out[k] = n
+    if cu_out.shape[0] > k + 1:
+        cu_out[k + 1] = capacity
+    ids_out[n:] = pad_id
+    labels_out[n:] = ignore_index
+    padding = positions[n:]
+    for i in range(capacity - n):
+        padding[i] = i
     return count, longest, bad

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from packer.errors import PackerError
-from packer.torch._storage import alloc_views
+from packer.torch._transport import PackedBatch
 
 HF_KEYS = ("input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 """The Hugging Face padding-free flash-attention inputs (``transformers`` ``FlashAttentionKwargs``)."""
@@ -70,45 +71,41 @@ class PackedCollator:
         if self.keys not in KEY_SETS:
             raise PackerError(f"keys must be one of {', '.join(KEY_SETS)}; got {self.keys!r}")
 
-    def __call__(self, items: list[dict]) -> dict:
+    def __call__(self, items: list[dict]) -> PackedBatch:
         if not items:
             raise PackerError("cannot collate an empty batch")
-        lengths = [int(it["input_ids"].shape[0]) for it in items]
         b = len(items)
-        if not self.flatten and min(lengths) != max(lengths):
-            raise PackerError(
-                f"packs of different lengths ({min(lengths):,} and {max(lengths):,} tokens) cannot be stacked; pad "
-                "them (PackedDataset(pad=True)) or collate with PackedCollator(flatten=True)"
-            )
-        total = sum(lengths)
         if b == 1:
-            # views of the item's own storage: nothing is copied and a worker ships one segment
-            tokens = {k: items[0][k][None] for k in _TOKEN_KEYS}
-            cu = items[0]["cu_seqlens"]
-            index = items[0]["index"]
-            index = index.reshape(1) if isinstance(index, torch.Tensor) else torch.tensor([int(index)])
+            # views of the item's own tensors: nothing is copied (measured 3 us against 6.5 us for the general path)
+            item = items[0]
+            tokens = [item[k][None] for k in _TOKEN_KEYS]
+            cu = item["cu_seqlens"]
+            max_seqlen = int(item["max_seqlen"])
+            indices = [int(item["index"])]
         else:
-            n_cu = 1 + sum(int(it["cu_seqlens"].shape[0]) - 1 for it in items)
-            dtype = items[0]["input_ids"].dtype
-            buf, cu, index = alloc_views([(dtype, (3, 1, total) if self.flatten else (3, b, lengths[0])),
-                                          (torch.int32, (n_cu,)), (torch.int64, (b,))])
+            lengths = [int(it["input_ids"].shape[0]) for it in items]
+            if not self.flatten and min(lengths) != max(lengths):
+                raise PackerError(
+                    f"packs of different lengths ({min(lengths):,} and {max(lengths):,} tokens) cannot be stacked; "
+                    "pad them (PackedDataset(pad=True)) or collate with PackedCollator(flatten=True)"
+                )
+            shape = (3, 1, sum(lengths)) if self.flatten else (3, b, lengths[0])
+            buf = torch.empty(shape, dtype=items[0]["input_ids"].dtype)
             for r, k in enumerate(_TOKEN_KEYS):
                 if self.flatten:
                     torch.cat([it[k] for it in items], out=buf[r, 0])
                 else:
                     torch.stack([it[k] for it in items], out=buf[r])
-            tokens = {k: buf[r] for r, k in enumerate(_TOKEN_KEYS)}
-            cu[0] = 0
-            pos, offset = 1, 0
+            tokens = buf.unbind(0)
+            # the packs' boundaries shifted by the tokens before them, over the flattened batch
+            parts, offset = [np.zeros(1, dtype=np.int32)], 0
             for it, n in zip(items, lengths):
-                c = it["cu_seqlens"]
-                torch.add(c[1:], offset, out=cu[pos : pos + c.shape[0] - 1])
-                pos += c.shape[0] - 1
+                parts.append(it["cu_seqlens"].numpy()[1:] + np.int32(offset))
                 offset += n
-            for j, it in enumerate(items):
-                index[j] = int(it["index"])
-        max_seqlen = max(int(it["max_seqlen"]) for it in items)
-        batch = dict(tokens)
+            cu = torch.from_numpy(np.concatenate(parts))
+            max_seqlen = max(int(it["max_seqlen"]) for it in items)
+            indices = [int(it["index"]) for it in items]
+        batch = PackedBatch(zip(_TOKEN_KEYS, tokens))
         if self.keys in ("all", "flash_attn"):
             batch["cu_seqlens"] = cu
             batch["max_seqlen"] = max_seqlen
@@ -120,8 +117,8 @@ class PackedCollator:
         if self.keys == "all":
             batch["num_label_tokens"] = sum(int(it["num_label_tokens"]) for it in items)
             batch["num_tokens"] = sum(int(it["num_tokens"]) for it in items)
-            # from_numpy: 0.9 us against 2.1 us for torch.tensor (measured; this runs once per batch)
-            batch["index"] = index
+            # from_numpy: 0.8 us against 2.1 us for torch.tensor (measured; this runs once per batch)
+            batch["index"] = torch.from_numpy(np.array(indices, dtype=np.int64))
         return batch
 
 

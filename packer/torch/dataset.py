@@ -16,7 +16,7 @@ key                    type              meaning
 ``max_seqlen``         int               the longest segment in ``cu_seqlens``, padding segment included
 ``num_label_tokens``   int               ``(labels != -100).sum()``: the tokens the loss is computed on
 ``num_tokens``         int               ``n``, the real tokens
-``index``              int64 ()          the pack's index in the folder (0-d tensor: the item is one storage)
+``index``              int               the pack's index in the folder
 =====================  ================  ===================================================================
 
 ``num_label_tokens`` and the label shift: ``labels`` are aligned with ``input_ids`` (Hugging Face convention: the
@@ -43,7 +43,7 @@ from packer import format as fmt
 from packer import kernels
 from packer.errors import PackerError
 from packer.packed_reader import PackedReader
-from packer.torch._storage import alloc_views
+from packer.torch._transport import PackedBatch
 
 
 class PackedDataset(Dataset):
@@ -87,6 +87,7 @@ class PackedDataset(Dataset):
         if dtype not in (torch.int64, torch.int32):
             raise PackerError(f"dtype must be torch.int64 or torch.int32, got {dtype!r}")
         self.dtype = dtype
+        self._np_dtype = np.int64 if dtype == torch.int64 else np.int32
         self.reader = PackedReader(path, verify=verify)
         self.pad_id = pad_id
         self.pad = bool(pad)
@@ -126,13 +127,10 @@ class PackedDataset(Dataset):
                 f"{self.reader.shard_paths[s]}: row {row} holds {n:,} tokens, more than the capacity {length:,} in "
                 f"{fmt.MANIFEST_FILE}; the folder is damaged, re-run 'packer pack'"
             )
-        # one storage for the whole item (see packer.torch._storage): a DataLoader worker ships one segment
-        buf, cu_out, index_t = alloc_views(
-            [(self.dtype, (3, length)), (torch.int32, (cu.shape[0] + (length > n),)), (torch.int64, ())]
-        )
-        index_t.fill_(index)
+        buf = np.empty((3, length), dtype=self._np_dtype)
+        cu_out = np.empty(cu.shape[0] + (length > n), dtype=np.int32)
         n_labels, max_seqlen, bad = kernels.fill_padded_pack(
-            ids, labels, cu, buf.numpy(), cu_out.numpy(), self.pad_id, fmt.IGNORE_INDEX
+            ids, labels, cu, buf, cu_out, self.pad_id, fmt.IGNORE_INDEX
         )
         if bad >= 0:
             s, row = self.reader.locate(index)
@@ -140,14 +138,14 @@ class PackedDataset(Dataset):
                 f"{self.reader.shard_paths[s]}: row {row}, sequence {bad} has a trained label at its first token; "
                 "not packer output, re-run 'packer pack'"
             )
-        input_ids, labels_t, position_ids = buf.unbind(0)
-        return {
-            "input_ids": input_ids,
-            "labels": labels_t,
-            "position_ids": position_ids,
-            "cu_seqlens": cu_out,
-            "max_seqlen": int(max_seqlen),
-            "num_label_tokens": int(n_labels),
-            "num_tokens": int(n),
-            "index": index_t,
-        }
+        # three from_numpy calls: 1.6 us against 2.7 us for unpacking torch.from_numpy(buf)
+        return PackedBatch(
+            input_ids=torch.from_numpy(buf[0]),
+            labels=torch.from_numpy(buf[1]),
+            position_ids=torch.from_numpy(buf[2]),
+            cu_seqlens=torch.from_numpy(cu_out),
+            max_seqlen=int(max_seqlen),
+            num_label_tokens=int(n_labels),
+            num_tokens=n,
+            index=index,
+        )
