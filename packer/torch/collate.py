@@ -74,38 +74,46 @@ class PackedCollator:
     def __call__(self, items: list[dict]) -> PackedBatch:
         if not items:
             raise PackerError("cannot collate an empty batch")
-        b = len(items)
-        if b == 1:
-            # views of the item's own tensors: nothing is copied (measured 3 us against 6.5 us for the general path)
+        if len(items) == 1:
+            # views of the item's own tensors, nothing copied: 2.6 us against 6.5 us for the general path
             item = items[0]
-            tokens = [item[k][None] for k in _TOKEN_KEYS]
-            cu = item["cu_seqlens"]
-            max_seqlen = int(item["max_seqlen"])
-            indices = [int(item["index"])]
-        else:
-            lengths = [int(it["input_ids"].shape[0]) for it in items]
-            if not self.flatten and min(lengths) != max(lengths):
-                raise PackerError(
-                    f"packs of different lengths ({min(lengths):,} and {max(lengths):,} tokens) cannot be stacked; "
-                    "pad them (PackedDataset(pad=True)) or collate with PackedCollator(flatten=True)"
-                )
-            shape = (3, 1, sum(lengths)) if self.flatten else (3, b, lengths[0])
-            buf = torch.empty(shape, dtype=items[0]["input_ids"].dtype)
-            for r, k in enumerate(_TOKEN_KEYS):
-                if self.flatten:
-                    torch.cat([it[k] for it in items], out=buf[r, 0])
-                else:
-                    torch.stack([it[k] for it in items], out=buf[r])
-            tokens = buf.unbind(0)
-            # the packs' boundaries shifted by the tokens before them, over the flattened batch
-            parts, offset = [np.zeros(1, dtype=np.int32)], 0
-            for it, n in zip(items, lengths):
-                parts.append(it["cu_seqlens"].numpy()[1:] + np.int32(offset))
-                offset += n
-            cu = torch.from_numpy(np.concatenate(parts))
-            max_seqlen = max(int(it["max_seqlen"]) for it in items)
-            indices = [int(it["index"]) for it in items]
-        batch = PackedBatch(zip(_TOKEN_KEYS, tokens))
+            batch = PackedBatch(input_ids=item["input_ids"][None], labels=item["labels"][None],
+                                position_ids=item["position_ids"][None])
+            self._add_boundaries(batch, item["cu_seqlens"], int(item["max_seqlen"]))
+            if self.keys == "all":
+                batch["num_label_tokens"] = int(item["num_label_tokens"])
+                batch["num_tokens"] = int(item["num_tokens"])
+                # from_numpy: 0.8 us against 2.1 us for torch.tensor
+                batch["index"] = torch.from_numpy(np.array([int(item["index"])], dtype=np.int64))
+            return batch
+        lengths = [int(it["input_ids"].shape[0]) for it in items]
+        if not self.flatten and min(lengths) != max(lengths):
+            raise PackerError(
+                f"packs of different lengths ({min(lengths):,} and {max(lengths):,} tokens) cannot be stacked; pad "
+                "them (PackedDataset(pad=True)) or collate with PackedCollator(flatten=True)"
+            )
+        shape = (3, 1, sum(lengths)) if self.flatten else (3, len(items), lengths[0])
+        buf = torch.empty(shape, dtype=items[0]["input_ids"].dtype)
+        for r, k in enumerate(_TOKEN_KEYS):
+            if self.flatten:
+                torch.cat([it[k] for it in items], out=buf[r, 0])
+            else:
+                torch.stack([it[k] for it in items], out=buf[r])
+        batch = PackedBatch(zip(_TOKEN_KEYS, buf.unbind(0)))
+        # the packs' boundaries shifted by the tokens before them, over the flattened batch
+        parts, offset = [np.zeros(1, dtype=np.int32)], 0
+        for it, n in zip(items, lengths):
+            parts.append(it["cu_seqlens"].numpy()[1:] + np.int32(offset))
+            offset += n
+        cu = torch.from_numpy(np.concatenate(parts))
+        self._add_boundaries(batch, cu, max(int(it["max_seqlen"]) for it in items))
+        if self.keys == "all":
+            batch["num_label_tokens"] = sum(int(it["num_label_tokens"]) for it in items)
+            batch["num_tokens"] = sum(int(it["num_tokens"]) for it in items)
+            batch["index"] = torch.from_numpy(np.array([int(it["index"]) for it in items], dtype=np.int64))
+        return batch
+
+    def _add_boundaries(self, batch: PackedBatch, cu: torch.Tensor, max_seqlen: int) -> None:
         if self.keys in ("all", "flash_attn"):
             batch["cu_seqlens"] = cu
             batch["max_seqlen"] = max_seqlen
@@ -114,12 +122,6 @@ class PackedCollator:
             batch["cu_seq_lens_k"] = cu
             batch["max_length_q"] = max_seqlen
             batch["max_length_k"] = max_seqlen
-        if self.keys == "all":
-            batch["num_label_tokens"] = sum(int(it["num_label_tokens"]) for it in items)
-            batch["num_tokens"] = sum(int(it["num_tokens"]) for it in items)
-            # from_numpy: 0.8 us against 2.1 us for torch.tensor (measured; this runs once per batch)
-            batch["index"] = torch.from_numpy(np.array(indices, dtype=np.int64))
-        return batch
 
 
 collate_packed = PackedCollator()
