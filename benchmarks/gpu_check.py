@@ -126,6 +126,7 @@ def torch_varlen():
     else:
         return None
     gqa = "enable_gqa" in params
+    has_scale = "scale" in params
 
     def fn(q, k, v, cu, max_seqlen, scale=None):
         if k.shape[1] != q.shape[1]:
@@ -137,8 +138,10 @@ def torch_varlen():
         else:
             extra = {}
         kw = dict(causal, **extra)
-        if scale is not None:
+        if scale is not None and has_scale:
             kw["scale"] = scale
+        elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-6:
+            raise RuntimeError(f"this varlen_attn takes no scale and {scale} is not the default 1/sqrt(dim)")
         return varlen_attn(q, k, v, cu, cu, int(max_seqlen), int(max_seqlen), **kw)
 
     return fn
@@ -154,7 +157,8 @@ def attention_checks(args, batch, device):
     gen = torch.Generator(device="cpu").manual_seed(0)
     base = [torch.randn(total, heads, dim, generator=gen) for _ in range(3)]
     cu = cu_cpu.to(device)
-    dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
+    # on CPU bf16 only when asked (--dtype bf16): slow there, and what matters is the GPU
+    dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" or args.dtype == "bf16" else [torch.float32]
     tol = {torch.float32: 2e-4, torch.bfloat16: 2e-2}
     varlen = torch_varlen() if device.type == "cuda" else None
     flex_compiled = None
@@ -165,9 +169,13 @@ def attention_checks(args, batch, device):
         ref = per_sequence_sdpa(q, k, v, cu)
 
         def compare(out, what):
-            err = float((out.float() - ref).abs().max())
-            expect(err <= tol[dtype], f"{what}: max |diff| {err:.2e} > {tol[dtype]:.0e}")
-            return f"max |diff| {err:.1e} (tol {tol[dtype]:.0e}), {len(segments(cu_cpu))} segments, T={total:,}"
+            # |diff| <= tol * (1 + |ref|): bf16 rounds the output itself to 2**-9 relative
+            diff = (out.float() - ref).abs()
+            err, worst = float(diff.max()), float((diff / (1 + ref.abs())).max())
+            expect(worst <= tol[dtype], f"{what}: max |diff| {err:.2e}, max |diff| / (1 + |ref|) {worst:.2e} > "
+                                        f"{tol[dtype]:.0e}")
+            return f"max |diff| {err:.1e}, /(1+|ref|) {worst:.1e} (tol {tol[dtype]:.0e}), {len(segments(cu_cpu))} " \
+                   f"segments, T={total:,}"
 
         @check(f"attn/varlen_attention/{tag}")
         def _():
@@ -186,7 +194,7 @@ def attention_checks(args, batch, device):
             from torch.nn.attention.flex_attention import flex_attention
 
             if flex_compiled is None:
-                flex_compiled = torch.compile(flex_attention) if device.type == "cuda" else flex_attention
+                flex_compiled = torch.compile(flex_attention)  # uncompiled flex materialises the scores
             block_mask = flex_block_mask(cu_cpu, shape=(b, length), device=device)
             qb, kb, vb = (x.view(b, length, heads, dim).transpose(1, 2) for x in (q, k, v))
             out = flex_compiled(qb, kb, vb, block_mask=block_mask)
@@ -257,7 +265,8 @@ def hf_checks(args, items, device):
         torch.bfloat16 if device.type == "cuda" else torch.float32)
     # bf16: logits of the packed batch and of the sequences alone differ by rounding only (a few 1e-3 relative);
     # a leak across sequences is of the order of the logits themselves (the use_cache control shows how much)
-    rel_tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    # (measured on CPU at capacity 2,048: bf16 6e-3 to 8e-3, fp32 6e-7; the leak control 1.2 in both)
+    rel_tol = 5e-2 if dtype == torch.bfloat16 else 1e-4
     vocab = 1 + max(int(it["input_ids"].max()) for it in items)
     tag = str(dtype).replace("torch.", "")
 
