@@ -412,7 +412,7 @@ def main(argv=None) -> int:
                 ds = state["ds"]
                 loader = DataLoader(ds, batch_size=2, shuffle=True, num_workers=2, collate_fn=PackedCollator(),
                                     pin_memory=device.type == "cuda", persistent_workers=False)
-                seen, tokens = [], 0
+                seen, tokens, batches = [], 0, []
                 t = time.perf_counter()
                 for batch in loader:
                     b = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
@@ -424,12 +424,19 @@ def main(argv=None) -> int:
                            "num_label_tokens disagrees with the labels on the device")
                     tokens += b["num_tokens"]
                     seen.extend(b["index"].tolist())
+                    batches.append(b)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t
+                # the device copies hold what the dataset gives for those packs (no shared-memory slot reused early)
+                for b in batches:
+                    for row, i in enumerate(b["index"].tolist()):
+                        item = ds[i]
+                        for key in ("input_ids", "labels", "position_ids"):
+                            expect(torch.equal(b[key][row].cpu(), item[key]), f"pack {i}: {key} differs on the device")
                 expect(sorted(seen) == list(range(len(ds))), f"{len(seen)} packs seen, {len(set(seen))} distinct, "
                                                               f"of {len(ds)}")
-                return f"{len(ds)} packs each seen once, {len(ds) / dt:,.0f} packs/s ({tokens / dt / 1e6:.1f} M real tokens/s)"
+                return f"{len(ds)} packs each seen once, equal to the dataset's, {len(ds) / dt:,.0f} packs/s ({tokens / dt / 1e6:.1f} M real tokens/s)"
 
         items = None
         if "ds" in state:
