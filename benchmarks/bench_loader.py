@@ -31,17 +31,20 @@ HERE = Path(__file__).resolve().parent
 
 
 def build_data(rows: int) -> Path:
+    """Pack ``rows`` reference-like rows once into benchmarks/_data/ (an Arrow file: no ``datasets`` needed)."""
     from packer.convert import PackConfig, pack_dataset
     from packer.reader import Columns
-    from packer.synthetic import write_reference_like
+    from packer.synthetic import reference_like_lengths, reference_like_table
 
     root = HERE / "_data"
-    src, out = root / f"loader_input_{rows}", root / f"loader_packed_{rows}"
+    src, out = root / f"loader_input_{rows}.arrow", root / f"loader_packed_{rows}"
     if (out / fmt.MANIFEST_FILE).exists():
         return out
     root.mkdir(parents=True, exist_ok=True)
-    if not (src / "state.json").exists():
-        write_reference_like(src, rows=rows, seed=1)
+    if not src.exists():
+        table = reference_like_table(reference_like_lengths(rows, seed=1), seed=1)
+        with pa.OSFile(str(src), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
     pack_dataset(src, out, config=PackConfig(columns=Columns(labels="labels")), overwrite=True, progress=False)
     return out
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def tiny_llama(vocab_size: int, attn_implementation: str, *, seed: int = 0, use_cache: bool = False):
+def tiny_llama(vocab_size: int, attn_implementation: str, *, seed: int = 0, use_cache: bool = True):
     """A 2-layer Llama (hidden 32, 4 query heads, 2 key/value heads: GQA on), float32, random weights.
 
     The same ``seed`` gives the same weights whatever the attention implementation, so models built with
@@ -30,8 +30,8 @@ def tiny_llama(vocab_size: int, attn_implementation: str, *, seed: int = 0, use_
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
-    # config.use_cache is True in every config; a cache turns off transformers' packed-sequence detection (see
-    # docs/torch.md), so padding-free training needs it off, as Trainer does (TrainingArguments.use_cache=False).
+    # config.use_cache is True in every config (the default here too); a cache turns off transformers'
+    # packed-sequence detection, and PackedCollator's batches carry use_cache=False for that reason (docs/torch.md)
     model.config.use_cache = use_cache
     return model
 

@@ -7,7 +7,8 @@ packing involved. Facts these tests pin (transformers 5.17):
 * sdpa, eager, flex_attention: transformers detects the packing from ``position_ids`` (a new sequence wherever
   the position does not grow by 1), per row, so stacked (B, L) and flattened (1, T) batches are both exact, but
   only with ``use_cache=False`` and no ``attention_mask``: a cache or a mask turns the detection off and
-  tokens silently attend across sequences.
+  tokens silently attend across sequences. Every config says ``use_cache=True`` (so do these models), and the
+  collated batches carry ``use_cache=False``, which is what makes ``model(**batch)`` right here.
 * flash_attention_2 (its code path, with a CPU stand-in for the kernel): exact in both layouts when the batch
   carries ``cu_seq_lens_q/k`` and ``max_length_q/k`` (``keys="hf"`` or ``"all"``); with ``position_ids`` alone
   (``keys="flash_attn"``) transformers only unpacks batch size 1, so (B > 1, L) batches leak.
@@ -116,6 +117,7 @@ def test_a_cache_or_an_attention_mask_turns_off_packing_detection(hf_data):
     """Documents the pitfall docs/torch.md warns about: with the config's default ``use_cache=True`` (in eval and
     in train mode alike), or with an all-ones ``attention_mask``, sdpa attends across the packed sequences."""
     batch = PackedCollator(keys="hf")(hf_data["items"][:1])  # one pack, (1, L)
+    assert batch.pop("use_cache") is False  # what the collator adds against exactly this
     expected = hf_data["logits"][:CAPACITY]
     first_end = int(batch["cu_seq_lens_q"][1])
     for use_cache, extra in ((True, {}), (False, {"attention_mask": torch.ones_like(batch["input_ids"])})):

@@ -14,18 +14,24 @@ key                       type            meaning
 ``max_seqlen``            int             the longest segment (flash-attn ``max_seqlen``)
 ``cu_seq_lens_q``/``_k``  int32 (S + 1,)  the same tensor as ``cu_seqlens`` (Hugging Face flash-attention keys)
 ``max_length_q``/``_k``   int             the same as ``max_seqlen``
+``use_cache``             bool            ``False``: see below
 ``num_label_tokens``      int             ``(labels != -100).sum()``: tokens the shifted loss is computed on
 ``num_tokens``            int             real (unpadded) tokens in the batch
 ``index``                 int64 (B,)      the packs' indices in the folder
 ========================  ==============  ======================================================================
 
 ``PackedCollator(keys="hf")`` keeps only ``input_ids``, ``labels``, ``position_ids``, ``cu_seq_lens_q``,
-``cu_seq_lens_k``, ``max_length_q``, ``max_length_k``: exactly what a transformers model loaded with
-``attn_implementation="flash_attention_2"`` takes for padding-free training, so ``model(**batch)`` works (its
-flash-attention path flattens the (B, L) batch to T tokens and uses the given ``cu_seq_lens``; the loss shifts
-``labels`` within each row, and every row starts with ``-100``). ``keys="flash_attn"`` keeps ``input_ids``,
-``labels``, ``position_ids``, ``cu_seqlens``, ``max_seqlen`` for a model that calls ``flash_attn_varlen_func``
-itself. ``keys="all"`` (the default) keeps everything above.
+``cu_seq_lens_k``, ``max_length_q``, ``max_length_k``, ``use_cache``: what a transformers causal LM takes for
+padding-free training, so ``model(**batch)`` is right with ``attn_implementation`` ``"flash_attention_2"`` (which
+uses the given ``cu_seq_lens``), ``"sdpa"``, ``"eager"`` and ``"flex_attention"`` (which find the sequences where
+``position_ids`` restart, row by row), for stacked (B, L) and flattened (1, T) batches alike (tests/test_torch_hf.py,
+transformers 5.17). ``use_cache=False`` is in the batch because every transformers config says ``use_cache=True``,
+and a cache turns the ``position_ids`` detection off: the model would then attend across the packed sequences with
+no error. Never add an ``attention_mask`` to these batches, for the same reason. The loss shifts ``labels`` within
+each row, and every row starts with ``-100``. ``keys="flash_attn"`` keeps ``input_ids``, ``labels``,
+``position_ids``, ``cu_seqlens``, ``max_seqlen`` for a model that calls ``flash_attn_varlen_func`` itself (a
+transformers model given only these unpacks batches of one row only: use ``keys="hf"`` with it). ``keys="all"``
+(the default) keeps everything above.
 """
 from __future__ import annotations
 
@@ -37,8 +43,9 @@ import torch
 from packer.errors import PackerError
 from packer.torch._transport import PackedBatch
 
-HF_KEYS = ("input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-"""The Hugging Face padding-free flash-attention inputs (``transformers`` ``FlashAttentionKwargs``)."""
+HF_KEYS = ("input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
+           "use_cache")
+"""The Hugging Face padding-free inputs: the flash-attention ``FlashAttentionKwargs`` and ``use_cache=False``."""
 
 FLASH_ATTN_KEYS = ("input_ids", "labels", "position_ids", "cu_seqlens", "max_seqlen")
 """The inputs of a model that calls ``flash_attn.flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens,
@@ -122,6 +129,7 @@ class PackedCollator:
             batch["cu_seq_lens_k"] = cu
             batch["max_length_q"] = max_seqlen
             batch["max_length_k"] = max_seqlen
+            batch["use_cache"] = False
 
 
 collate_packed = PackedCollator()
