@@ -160,7 +160,7 @@ def test_gradient_accumulation_matches_separate_sequences(hf_data):
             out = model(input_ids=flat_ids[a:b][None], labels=flat_labels[a:b][None], use_cache=False,
                         num_items_in_batch=n_step)
             out.loss.backward()
-            loss_sum += float(out.loss)
+            loss_sum += float(out.loss.detach())
     assert total == pytest.approx(loss_sum, rel=1e-5)
     assert total == pytest.approx(float(hf_data["loss_sum"]) / n_step, rel=1e-5)
     for p, g in zip(model.parameters(), packed_grads):
