@@ -34,6 +34,7 @@ import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -202,9 +203,9 @@ def resolve_paths(paths) -> list[str]:
             if not matches:
                 raise PackerError(f"{p}: the pattern matches no file")
             for m in matches:
-                files.extend(_expand(m))
+                files.extend(_expand(Path(m)))
         else:
-            files.extend(_expand(p))
+            files.extend(_expand(Path(p)))
     seen = set()
     for f in files:
         if f in seen:
@@ -213,34 +214,35 @@ def resolve_paths(paths) -> list[str]:
     return files
 
 
-def _expand(path: str) -> list[str]:
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise PackerError(f"{p}: no such file or folder")
-    if os.path.isfile(p):
-        return [p]
-    if os.path.isfile(os.path.join(p, "dataset_dict.json")):
-        splits = sorted(e.name for e in os.scandir(p) if e.is_dir())
-        raise PackerError(f"{p}: is a DatasetDict folder; pass one split folder instead (one of: {', '.join(splits)})")
-    state = os.path.join(p, "state.json")
-    if os.path.isfile(state):
+def _expand(path: Path) -> list[str]:
+    if not path.exists():
+        raise PackerError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [str(path)]
+    if (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise PackerError(
+            f"{path}: is a DatasetDict folder; pass one split folder instead (one of: {', '.join(splits)})"
+        )
+    state = path / "state.json"
+    if state.is_file():
         try:
-            with open(state) as fh:
-                names = [d["filename"] for d in json.load(fh)["_data_files"]]
+            data_files = json.loads(state.read_text())["_data_files"]
+            names = [d["filename"] for d in data_files]
         except (ValueError, KeyError, TypeError) as e:
             raise PackerError(f"{state}: not a readable datasets state.json ({e}); re-save the dataset") from None
-        missing = [n for n in names if not os.path.isfile(os.path.join(p, n))]
+        missing = [n for n in names if not (path / n).is_file()]
         if missing:
-            raise PackerError(f"{p}: state.json lists {missing[0]}, which is missing; re-save the dataset")
-        return [os.path.join(p, n) for n in names]
+            raise PackerError(f"{path}: state.json lists {missing[0]}, which is missing; re-save the dataset")
+        return [str(path / n) for n in names]
     found = []
-    for root, dirs, names in os.walk(p):
+    for root, dirs, names in os.walk(path):
         # skip hidden folders (temporary outputs) and packed folders (a previous output next to its input)
         dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.exists(os.path.join(root, d, MANIFEST_FILE))]
         found += [os.path.join(root, n) for n in names if n.endswith(INPUT_SUFFIXES) and not n.startswith(".")]
     found.sort()
     if not found:
-        raise PackerError(f"{p}: the folder holds no .arrow or .parquet file")
+        raise PackerError(f"{path}: the folder holds no .arrow or .parquet file")
     return found
 
 
