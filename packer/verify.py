@@ -803,7 +803,8 @@ def _check_input(manifest: dict, cfg: dict, inp: TokenizedInput, col: _Collector
     if len(files) == len(inp.files):
         for f, got in zip(files, inp.files):
             if isinstance(f, dict) and f.get("rows") != got.rows:
-                col.add("input", f"{got.name} has {got.rows:,} rows, the manifest's {f.get('path')} had {f.get('rows')!r}")
+                col.add("input", f"{got.name} has {got.rows:,} rows, the manifest's {f.get('path')} had "
+                        f"{f.get('rows')!r}")
     else:
         col.add("input", f"{len(inp.files)} input file(s), the manifest lists {len(files)}")
     fingerprint = input_fingerprint(inp)
