@@ -1,6 +1,6 @@
 """Tokenized shards in, packed shards out: the converter behind ``packer pack``.
 
-Phases (each timed): scan the inputs (:mod:`packer.sources`: lengths from the list offsets, Parquet staged as Arrow),
+Phases (each timed): scan the inputs (:mod:`packer.reader`: lengths from the list offsets, Parquet staged as Arrow),
 apply the overflow policy and plan the packs (a numba kernel; one global plan or one per group of input files,
 :mod:`packer.jobs`), then run one shard job per output shard (:mod:`packer.engines`: in this process, in worker
 processes or as Ray tasks), each gathering its tokens from memory-mapped inputs and writing its shard. Memory holds
@@ -15,7 +15,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +32,7 @@ from packer.plan import (
 )
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
 from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, UriWriter, iter_jobs, make_plan
-from packer.reader import Columns, TokenizedInput
-from packer.sources import filesystem, is_uri, scan_inputs
+from packer.reader import Columns, TokenizedInput, filesystem, is_uri, scan_inputs
 from packer.stats import compute_stats
 from packer.writer import PackedWriter, shard_table
 
@@ -85,16 +83,16 @@ class PackConfig:
         return d
 
 
-def input_fingerprint(inp: TokenizedInput, lengths: np.ndarray) -> str:
+def input_fingerprint(inp: TokenizedInput) -> str:
     """sha256 over each file's name, size and row count and over all row lengths.
 
     Cheap (no token data is read) yet it changes whenever rows are added, removed, reordered across files or
     resized; ``packer verify --input`` compares the tokens themselves.
     """
     h = hashlib.sha256()
-    for path, rows, size in zip(inp.files, inp.file_rows, inp.file_bytes):
-        h.update(f"{os.path.basename(path)}\0{int(rows)}\0{int(size)}\n".encode())
-    h.update(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
+    for f in inp.files:
+        h.update(f"{os.path.basename(f.name)}\0{int(f.rows)}\0{int(f.bytes)}\n".encode())
+    h.update(np.ascontiguousarray(inp.lengths, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -324,11 +322,7 @@ def pack_dataset(
     staging = _staging_for(output)
     try:
         catalog = scan_inputs(inputs, columns=config.columns, staging=staging)
-        fingerprint = input_fingerprint(
-            SimpleNamespace(files=[f.name for f in catalog.files], file_rows=catalog.file_rows,
-                            file_bytes=catalog.file_bytes),
-            catalog.lengths,
-        )
+        fingerprint = input_fingerprint(catalog)
         timings["open"] = time.perf_counter() - t
         if verify and (is_uri(output) or any(is_uri(f.name) for f in catalog.files)):
             raise PackerError("--verify reads the input and the output through local paths; pack URIs without "

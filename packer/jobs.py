@@ -22,8 +22,7 @@ import pyarrow as pa
 
 from packer import format as fmt
 from packer.plan import PackPlan, Segments, make_segments, plan_packs
-from packer.reader import Columns, TokenizedInput
-from packer.sources import BatchChunks, Catalog, InputFile, filesystem, is_uri
+from packer.reader import BatchChunks, Columns, InputFile, TokenizedInput, filesystem, is_uri
 from packer.writer import HashingSink, ShardInfo, shard_info, write_shard_file
 
 PLANS = {
@@ -124,10 +123,10 @@ def make_plan(lengths: np.ndarray, *, config, file_rows: np.ndarray) -> tuple[Se
     return segments, plan, info
 
 
-def iter_jobs(catalog: Catalog, segments: Segments, plan: PackPlan, *, shard_size: int, dest: str):
+def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, shard_size: int, dest: str):
     """The shard jobs of a plan, in shard order (a generator: jobs are built as the engine asks for them)."""
     n_shards = -(-plan.n_packs // shard_size)
-    starts = catalog.chunks[:, 2]
+    starts = catalog.batches[:, 2]
     files = tuple(catalog.files)
     for s in range(n_shards):
         p0, p1 = s * shard_size, min((s + 1) * shard_size, plan.n_packs)
@@ -141,7 +140,7 @@ def iter_jobs(catalog: Catalog, segments: Segments, plan: PackPlan, *, shard_siz
             dest=dest,
             files=files,
             columns=catalog.columns,
-            chunks=catalog.chunks[need],
+            chunks=catalog.batches[need],
             row=row,
             start=segments.start[seg],
             length=segments.length[seg],
@@ -149,13 +148,6 @@ def iter_jobs(catalog: Catalog, segments: Segments, plan: PackPlan, *, shard_siz
             pack_tokens=plan.pack_tokens[p0:p1],
             n_rows=catalog.n_rows,
         )
-
-
-class _JobInput(TokenizedInput):
-    """A :class:`TokenizedInput` holding only the chunks one job reads (opened lazily)."""
-
-    def chunk_row_starts(self) -> np.ndarray:
-        return np.append(self.chunks.chunks[:, 2], self.n_rows).astype(np.int64)
 
 
 def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, int]:
@@ -166,14 +158,9 @@ def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, int]:
     """
     from packer.convert import _Gatherer, build_shard  # convert imports this module
 
-    file_rows = np.asarray([f.rows for f in job.files], dtype=np.int64)
-    inp = _JobInput(
-        files=[f.name for f in job.files],
-        columns=job.columns,
-        chunks=BatchChunks(list(job.files), job.columns, job.chunks),
-        file_rows=file_rows,
-        file_bytes=np.asarray([f.bytes for f in job.files], dtype=np.int64),
-    )
+    # only the batches this job reads, opened on demand
+    inp = TokenizedInput(files=list(job.files), columns=job.columns, batches=job.chunks,
+                         chunks=BatchChunks(job.files, job.columns, job.chunks))
     m = job.row.shape[0]
     segments = SimpleNamespace(row=job.row, start=job.start, length=job.length)
     plan = SimpleNamespace(members=np.arange(m, dtype=np.int64), pack_offsets=job.pack_offsets,

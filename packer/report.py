@@ -802,13 +802,13 @@ def report_from_input(
 
     Lengths come from the Arrow list offsets; no token is read.
     """
-    from packer.reader import Columns, open_input
+    from packer.reader import Columns, scan_inputs
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    inp = open_input(list(inputs), columns=columns or Columns())
+    inp = scan_inputs(list(inputs), columns=columns or Columns())
     source = {"kind": "tokenized", "path": ", ".join(str(p) for p in inputs), "files": len(inp.files)}
-    return report_from_lengths(inp.lengths(), capacity=capacity, strategy=strategy, overflow=overflow, seed=seed,
+    return report_from_lengths(inp.lengths, capacity=capacity, strategy=strategy, overflow=overflow, seed=seed,
                                filler=filler, setup=setup, model=model, source=source)
 
 

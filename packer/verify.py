@@ -794,19 +794,20 @@ def _check_input(manifest: dict, cfg: dict, inp: TokenizedInput, col: _Collector
     from packer.convert import input_fingerprint
 
     col.ran.update(("input", "coverage"))
-    lengths = inp.lengths()
+    lengths = inp.lengths
     info = manifest.get(fmt.MANIFEST_INPUT)
     info = info if isinstance(info, dict) else {}
     if info.get("rows") != inp.n_rows:
         col.add("input", f"the input has {inp.n_rows:,} rows, the manifest says {info.get('rows')!r}")
     files = info.get("files") if isinstance(info.get("files"), list) else []
     if len(files) == len(inp.files):
-        for f, path, rows in zip(files, inp.files, inp.file_rows):
-            if isinstance(f, dict) and f.get("rows") != int(rows):
-                col.add("input", f"{path} has {int(rows):,} rows, the manifest's {f.get('path')} had {f.get('rows')!r}")
+        for f, got in zip(files, inp.files):
+            if isinstance(f, dict) and f.get("rows") != got.rows:
+                col.add("input", f"{got.name} has {got.rows:,} rows, the manifest's {f.get('path')} had "
+                        f"{f.get('rows')!r}")
     else:
         col.add("input", f"{len(inp.files)} input file(s), the manifest lists {len(files)}")
-    fingerprint = input_fingerprint(inp, lengths)
+    fingerprint = input_fingerprint(inp)
     if info.get("fingerprint") != fingerprint:
         col.add("input", f"input fingerprint {fingerprint[:16]}..., the manifest has "
                 f"{str(info.get('fingerprint'))[:16]}...: not the input this folder was packed from (or renamed, "

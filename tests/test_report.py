@@ -303,7 +303,7 @@ def test_cli_tokenized_json_equals_the_library(capsys):
     setup = TrainingSetup(num_gpus=2, effective_batch_size=16, epochs=3)
     lib = report_from_input(SAMPLE, capacity=8192, overflow="split", setup=setup)
     assert out == json.loads(render_json(lib))
-    lengths = open_input([SAMPLE]).lengths()
+    lengths = open_input([SAMPLE]).lengths
     assert out["padding"]["global_max_length"] == int(lengths.max())
     assert out["packing"]["sequences_split"] == int(np.count_nonzero(lengths > 8192))
     assert out["packing"]["data_loss"] == 0.0
@@ -326,7 +326,7 @@ def test_packed_folder_with_every_row_kept_equals_the_tokenized_report(packed_sa
     assert from_packed.source["lengths_exact"] is True
     assert from_packed.padding == from_input.padding
     assert from_packed.packing == from_input.packing
-    np.testing.assert_array_equal(from_packed.distributions.lengths, open_input([SAMPLE]).lengths())
+    np.testing.assert_array_equal(from_packed.distributions.lengths, open_input([SAMPLE]).lengths)
 
 
 def test_cli_packed_folder_with_drops(packed_sample, capsys):
@@ -355,7 +355,7 @@ def test_truncate_lengths_are_recovered(tmp_path):
     out = tmp_path / "trunc"
     pack_dataset(SAMPLE, out, config=PackConfig(capacity=20_000, overflow="truncate"), progress=False)
     r = report_from_packed(out, setup=REFERENCE_SETUP)
-    lengths = open_input([SAMPLE]).lengths()
+    lengths = open_input([SAMPLE]).lengths
     got = r.distributions.lengths
     assert got.sum() == lengths.sum() and got.max() == lengths.max()
     np.testing.assert_array_equal(got[lengths <= 20_000], lengths[lengths <= 20_000])

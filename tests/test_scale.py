@@ -11,7 +11,7 @@ import pytest
 
 from packer import PackerError
 from packer import format as fmt
-from packer import kernels, sources
+from packer import kernels, reader
 from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
 from packer.reader import Columns
@@ -131,13 +131,13 @@ def test_grouping_costs_at_most_one_pack_per_group_on_reference_like_data(strate
 def test_uri_inputs_and_output_through_a_pyarrow_filesystem(tmp_path, four_files, monkeypatch):
     files, ids, labels = four_files
     pack_dataset(files, tmp_path / "local", config=CONFIG, progress=False)
-    real = sources.filesystem
+    real = reader.filesystem
 
     def remote(path):  # file:// URIs, read through open_input_file instead of memory maps, like an object store
         fs, inner, _ = real(path)
         return fs, inner, False
 
-    monkeypatch.setattr(sources, "filesystem", remote)
+    monkeypatch.setattr(reader, "filesystem", remote)
     uris = [f"file://{f}" for f in files]
     out = f"file://{tmp_path}/remote"
     m = pack_dataset(uris, out, config=CONFIG, progress=False)

@@ -79,7 +79,7 @@ def _columns(args, inputs) -> Columns:
         return Columns(args.input_column, labels=args.labels_column)
     if args.no_labels:
         return Columns(args.input_column)
-    from packer.sources import has_column
+    from packer.reader import has_column
 
     return Columns(args.input_column, labels="labels" if has_column(inputs, "labels") else None)
 
