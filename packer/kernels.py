@@ -288,15 +288,16 @@ def first_not_label(labels, ignore_index):
 
 
 @njit(cache=True)
-def fill_padded_pack(input_ids, labels, cu_seqlens, out, cu_out, pad_id, ignore_index):
-    """Write one stored pack, padded, into ``out`` and ``cu_out``; return ``(label_tokens, max_seqlen, bad)``.
+def fill_padded_pack(input_ids, labels, cu_seqlens, ids_out, labels_out, positions, cu_out, pad_id, ignore_index):
+    """Write one stored pack, padded, into three rows and ``cu_out``; return ``(label_tokens, max_seqlen, bad)``.
 
     Args:
         input_ids, labels: int32 (n,), the stored pack.
         cu_seqlens: int32 (k + 1,), 0 .. n.
-        out: int (3, capacity), capacity >= n: rows input_ids, labels, position_ids. Positions ``n:`` get
-            ``pad_id``, ``ignore_index`` and ``0 .. capacity - n - 1`` (the padding is its own final segment);
-            position ids restart at 0 at every sequence start.
+        ids_out, labels_out, positions: int (capacity,) each, capacity >= n: input_ids, labels, position_ids.
+            Positions ``n:`` get ``pad_id``, ``ignore_index`` and ``0 .. capacity - n - 1`` (the padding is its own
+            final segment); position ids restart at 0 at every sequence start. Separate rows, so that they can be
+            rows of one (3, capacity) item or of one (3, B, capacity) batch.
         cu_out: int32 (k + 1,) or, when there is padding, (k + 2,): ``cu_seqlens`` and then ``capacity``.
 
     Returns:
@@ -308,10 +309,7 @@ def fill_padded_pack(input_ids, labels, cu_seqlens, out, cu_out, pad_id, ignore_
     numpy needs a cumsum or a repeat for the positions and measured 36 us.
     """
     n = input_ids.shape[0]
-    capacity = out.shape[1]
-    ids_out = out[0]
-    labels_out = out[1]
-    positions = out[2]
+    capacity = ids_out.shape[0]
     for i in range(n):
         ids_out[i] = input_ids[i]
     for i in range(n):

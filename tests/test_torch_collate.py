@@ -208,3 +208,54 @@ def test_token_weighted_loss_equals_loss_over_separate_sequences(ds):
             logits = model(m["input_ids"], m["position_ids"], block_causal_mask(m["cu_seqlens"], shape=(b, length)))
             per_micro.append(_summed_loss(logits, m["labels"]).item() / m["num_label_tokens"])
     assert np.mean(per_micro) != pytest.approx(total.item(), rel=1e-5)
+
+
+def _assert_same_batch(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor):
+            assert v.dtype == b[k].dtype and torch.equal(v, b[k]), k
+        else:
+            assert v == b[k], k
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_getitems_batches_are_collated_in_place(ds, tmp_path, flatten, dtype):
+    ds = PackedDataset(ds.path, dtype=dtype, pad_id=3)
+    collate = PackedCollator(flatten=flatten)
+    idx = [5, 1, 9, 2]
+    fast = ds.__getitems__(idx)
+    for item, i in zip(fast, idx):
+        _assert_same_batch(item, ds[i])
+    batch = collate(fast)
+    _assert_same_batch(batch, collate([ds[i] for i in idx]))
+    # nothing copied: the batch views the buffer the items were written into
+    assert batch["input_ids"].data_ptr() == fast[0]["input_ids"].data_ptr()
+    assert batch["position_ids"].data_ptr() == fast[0]["position_ids"].data_ptr()
+    # the same items in another order (the first still first, so its storage spans them all) are copied
+    order = [0, 2, 1, 3]
+    shuffled = collate([fast[j] for j in order])
+    _assert_same_batch(shuffled, collate([ds[idx[j]] for j in order]))
+    assert shuffled["input_ids"].data_ptr() != fast[0]["input_ids"].data_ptr()
+
+
+def test_adjacent_rows_of_separate_storages_are_copied(ds):
+    # rows whose addresses follow the stacked layout but which are separate storages (torch.from_numpy of each
+    # row of one numpy buffer): a strided view over the first storage would read past it, so they are copied
+    items = [ds[i] for i in (0, 1, 2)]
+    rows = np.stack([np.stack([it[k].numpy() for it in items]) for k in ("input_ids", "labels", "position_ids")])
+    fake = [dict(it, input_ids=torch.from_numpy(rows[0, j]), labels=torch.from_numpy(rows[1, j]),
+                 position_ids=torch.from_numpy(rows[2, j])) for j, it in enumerate(items)]
+    batch = collate_packed(fake)
+    _assert_same_batch(batch, collate_packed(items))
+    assert batch["input_ids"].data_ptr() != rows.ctypes.data
+
+
+def test_getitems_without_padding_matches_items(ds):
+    bare = PackedDataset(ds.path, pad=False)
+    idx = [4, 0, 6]
+    for item, i in zip(bare.__getitems__(idx), idx):
+        _assert_same_batch(item, bare[i])
+    flat = PackedCollator(flatten=True)
+    _assert_same_batch(flat(bare.__getitems__(idx)), flat([bare[i] for i in idx]))

@@ -151,7 +151,7 @@ def test_fill_kernel_matches_reference(seed):
         labels[cu[int(rng.integers(0, len(cu) - 1))]] = 1  # a trained label at a sequence start: reported
     out = np.full((3, cap), -7, dtype=np.int64 if seed % 2 else np.int32)
     cu_out = np.full(len(cu) + (n < cap), -7, dtype=np.int32)
-    count, longest, bad = kernels.fill_padded_pack(ids, labels, cu, out, cu_out, 5, IGNORE)
+    count, longest, bad = kernels.fill_padded_pack(ids, labels, cu, out[0], out[1], out[2], cu_out, 5, IGNORE)
     want, want_count = _fill_reference(ids, labels, cu, cap, 5)
     assert (out == want).all() and count == want_count
     want_cu = list(cu) + ([cap] if n < cap else [])

@@ -100,12 +100,16 @@ class PackedCollator:
                 "them (PackedDataset(pad=True)) or collate with PackedCollator(flatten=True)"
             )
         shape = (3, 1, sum(lengths)) if self.flatten else (3, len(items), lengths[0])
-        buf = torch.empty(shape, dtype=items[0]["input_ids"].dtype)
-        for r, k in enumerate(_TOKEN_KEYS):
-            if self.flatten:
-                torch.cat([it[k] for it in items], out=buf[r, 0])
-            else:
-                torch.stack([it[k] for it in items], out=buf[r])
+        buf = _stacked_rows(items)  # PackedDataset.__getitems__ wrote them in place: nothing to copy
+        if buf is not None:
+            buf = buf.view(shape)
+        else:
+            buf = torch.empty(shape, dtype=items[0]["input_ids"].dtype)
+            for r, k in enumerate(_TOKEN_KEYS):
+                if self.flatten:
+                    torch.cat([it[k] for it in items], out=buf[r, 0])
+                else:
+                    torch.stack([it[k] for it in items], out=buf[r])
         batch = PackedBatch(zip(_TOKEN_KEYS, buf.unbind(0)))
         # the packs' boundaries shifted by the tokens before them, over the flattened batch
         parts, offset = [np.zeros(1, dtype=np.int32)], 0
@@ -130,6 +134,31 @@ class PackedCollator:
             batch["max_length_q"] = max_seqlen
             batch["max_length_k"] = max_seqlen
             batch["use_cache"] = False
+
+
+def _stacked_rows(items: list[dict]) -> torch.Tensor | None:
+    """The (3, B, L) tensor whose rows the items' token tensors already are, in stacking order, or None.
+
+    :meth:`PackedDataset.__getitems__` fills a batch's packs into one such buffer; any other items (or these in
+    another order) fail a check below and are copied as usual. The check compares addresses, then makes sure the
+    first tensor's storage spans them all, so the strided view reads exactly the bytes the items hold.
+    """
+    first = items[0]["input_ids"]
+    if first.dim() != 1 or first.stride() != (1,):
+        return None
+    b, length, size = len(items), first.shape[0], first.element_size()
+    base, dtype = first.data_ptr(), first.dtype
+    for r, key in enumerate(_TOKEN_KEYS):
+        for j, it in enumerate(items):
+            t = it[key]
+            if t.data_ptr() != base + (r * b + j) * length * size or t.dtype != dtype or t.shape != first.shape:
+                return None
+            if t.stride() != (1,):
+                return None
+    origin = first.storage_offset()
+    if first.untyped_storage().nbytes() < (origin + 3 * b * length) * size:
+        return None
+    return first.as_strided((3, b, length), (b * length, length, 1), origin)
 
 
 collate_packed = PackedCollator()

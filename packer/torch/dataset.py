@@ -116,21 +116,46 @@ class PackedDataset(Dataset):
         """Real tokens per pack, int64 (len(self),)."""
         return self.reader.num_tokens()
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> PackedBatch:
         index = int(index)
         ids, labels, cu = self.reader.pack(index)
+        length = self.capacity if self.pad else ids.shape[0]
+        rows = np.empty((3, length), dtype=self._np_dtype)
+        # three from_numpy calls: 1.6 us against 2.7 us for unpacking torch.from_numpy(rows)
+        return self._fill(index, ids, labels, cu, rows, [torch.from_numpy(r) for r in rows])
+
+    def __getitems__(self, indices: list[int]) -> list[PackedBatch]:
+        """Several packs at once; ``DataLoader`` calls this with each batch's indices.
+
+        With ``pad=True`` the packs are written into one (3, B, capacity) buffer, laid out as
+        :class:`PackedCollator` stacks a batch, and each item's tensors are views of it, so the collator recognises
+        the layout and copies nothing: with 4 packs per batch, 33 us per pack fell to 18 us (measured).
+        """
+        if not self.pad or len(indices) < 2:
+            return [self[i] for i in indices]
+        buf = torch.empty((3, len(indices), self.capacity), dtype=self.dtype)
+        rows = buf.numpy()
+        views = [row.unbind(0) for row in buf.unbind(0)]
+        items = []
+        for j, index in enumerate(indices):
+            index = int(index)
+            ids, labels, cu = self.reader.pack(index)
+            items.append(self._fill(index, ids, labels, cu, rows[:, j], [v[j] for v in views]))
+        return items
+
+    def _fill(self, index: int, ids, labels, cu, rows: np.ndarray, tensors: list) -> PackedBatch:
+        """The item of pack ``index``, its stored lists written into ``rows`` (3, length), which ``tensors`` view."""
         n = ids.shape[0]
-        length = self.capacity if self.pad else n
+        length = rows.shape[1]
         if n > length:
             s, row = self.reader.locate(index)
             raise PackerError(
                 f"{self.reader.shard_paths[s]}: row {row} holds {n:,} tokens, more than the capacity {length:,} in "
                 f"{fmt.MANIFEST_FILE}; the folder is damaged, re-run 'packer pack'"
             )
-        buf = np.empty((3, length), dtype=self._np_dtype)
         cu_out = np.empty(cu.shape[0] + (length > n), dtype=np.int32)
         n_labels, max_seqlen, bad = kernels.fill_padded_pack(
-            ids, labels, cu, buf, cu_out, self.pad_id, fmt.IGNORE_INDEX
+            ids, labels, cu, rows[0], rows[1], rows[2], cu_out, self.pad_id, fmt.IGNORE_INDEX
         )
         if bad >= 0:
             s, row = self.reader.locate(index)
@@ -138,11 +163,10 @@ class PackedDataset(Dataset):
                 f"{self.reader.shard_paths[s]}: row {row}, sequence {bad} has a trained label at its first token; "
                 "not packer output, re-run 'packer pack'"
             )
-        # three from_numpy calls: 1.6 us against 2.7 us for unpacking torch.from_numpy(buf)
         return PackedBatch(
-            input_ids=torch.from_numpy(buf[0]),
-            labels=torch.from_numpy(buf[1]),
-            position_ids=torch.from_numpy(buf[2]),
+            input_ids=tensors[0],
+            labels=tensors[1],
+            position_ids=tensors[2],
             cu_seqlens=torch.from_numpy(cu_out),
             max_seqlen=int(max_seqlen),
             num_label_tokens=int(n_labels),
