@@ -123,7 +123,8 @@ class PackedReader:
         verify: also hash every shard and compare with the manifest's checksum (reads the whole folder once).
 
     Raises:
-        PackerError: not a packed folder, another format version, a shard missing, truncated, of the wrong size or
+        PackerError: not a packed folder, another format version, a manifest modified or damaged after packing (its
+            own checksum differs), a shard missing, truncated, of the wrong size or
             (with ``verify``) with another checksum. The message names the file.
 
     Attributes:

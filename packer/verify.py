@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 CHECKS = {
     "manifest": "manifest readable, known format version, config and shard list well-formed",
+    "manifest_checksum": f"the manifest's own {fmt.CHECKSUM} checksum equals its content's (everything but the run "
+    "timings): not modified or damaged since packing",
     "files": "every listed shard present at its recorded size, no unlisted data file, state.json lists the shards",
     "checksums": f"every shard's {fmt.CHECKSUM} checksum equals the manifest's",
     "schema": "every shard is an Arrow IPC stream with the format's schema, no nulls, valid offsets, rows as listed",
@@ -54,6 +56,7 @@ CHECKS = {
 }
 INPUT_CHECKS = ("input", "coverage", "tokens")
 DEFAULT_MAX_DEFECTS = 20
+_NAME_WIDTH = max(map(len, CHECKS))
 _BLOCK_TOKENS = 1 << 22  # token comparisons run in blocks of 4M tokens: 3 int64 temporaries of 32 MB each
 
 
@@ -135,7 +138,7 @@ class VerifyReport:
         lines = [self.summary()]
         for c in self.checks:
             mark = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip"}[c.status]
-            lines.append(f"  {mark} {c.name:<11} {c.detail}")
+            lines.append(f"  {mark} {c.name:<{_NAME_WIDTH}} {c.detail}")
         if self.defects:
             lines.append("defects:" if len(self.defects) == self.n_defects
                          else f"defects (first {len(self.defects)} of {self.n_defects:,}):")
@@ -220,11 +223,13 @@ def verify_packed(
     if inputs is not None and not isinstance(inputs, TokenizedInput):
         inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     try:
-        manifest = fmt.read_manifest(folder)
+        manifest = fmt.read_manifest(folder, checksum=False)  # checked below, so the other checks still run
     except PackerError as e:
         col.ran.add("manifest")
         col.add("manifest", str(e))
         manifest = None
+    if manifest is not None:
+        _check_manifest_checksum(folder, manifest, col)
     cfg = _check_manifest(manifest, col) if manifest is not None else None
     if cfg is not None:
         if inputs is not None and not isinstance(inputs, TokenizedInput):
@@ -245,6 +250,8 @@ def verify_packed(
             why = "needs --input" if name in INPUT_CHECKS and inputs is None else "not reached: see the defects above"
             if name == "checksums" and not checksums and manifest is not None:
                 why = "turned off"
+            if name == "manifest_checksum" and name in col.detail:  # no checksum to check: say why
+                why = col.detail[name]
             checks.append(CheckResult(name, desc, "skipped", why, 0))
         elif n:
             checks.append(CheckResult(name, desc, "failed", f"{n:,} defect(s)", n))
@@ -269,6 +276,64 @@ def verify_packed(
 
 def _is_int(x, lo=0) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
+
+def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector) -> None:
+    """The manifest's own checksum; a manifest without one (an older packer's) is a note, not a defect."""
+    try:
+        sealed = fmt.check_manifest_checksum(manifest, folder / fmt.MANIFEST_FILE)
+    except PackerError as e:
+        col.ran.add("manifest_checksum")
+        col.add("manifest_checksum", str(e))
+        return
+    if sealed:
+        col.ran.add("manifest_checksum")
+        col.detail["manifest_checksum"] = (f"{fmt.MANIFEST_FILE} {fmt.CHECKSUM} "
+                                           f"{manifest[fmt.MANIFEST_CHECKSUM][:16]}... matches its content")
+    else:
+        col.detail["manifest_checksum"] = (f"manifest has no checksum (written by an older packer); "
+                                           f"'packer verify --reseal' adds one")
+
+
+def reseal_manifest(folder: str | os.PathLike, *, inputs=None, max_defects: int = DEFAULT_MAX_DEFECTS
+                    ) -> tuple[VerifyReport, bool]:
+    """Verify ``folder`` and, if nothing but the manifest checksum is wrong (or missing), record the manifest's
+    current checksum: for a manifest edited on purpose, or one written by a packer without manifest checksums.
+
+    The manifest is rewritten atomically (a temporary file in the folder, fsynced, then ``os.replace``), with its
+    content and key order unchanged apart from :data:`packer.format.MANIFEST_CHECKSUM`.
+
+    Args:
+        folder, inputs, max_defects: as for :func:`verify_packed` (with ``inputs``, the edited manifest is also
+            checked against the input).
+
+    Returns:
+        ``(report, resealed)``: the report of the folder before resealing, and whether the manifest was rewritten
+        (False when it already matched, or when any other check failed).
+    """
+    report = verify_packed(folder, inputs=inputs, max_defects=max_defects)
+    if report.failed() not in ([], ["manifest_checksum"]):
+        return report, False
+    path = Path(folder) / fmt.MANIFEST_FILE
+    manifest = fmt.read_manifest(folder, checksum=False)
+    sealed = fmt.seal_manifest(manifest)
+    if manifest.get(fmt.MANIFEST_CHECKSUM) == sealed[fmt.MANIFEST_CHECKSUM]:
+        return report, False
+    import json
+
+    tmp = path.with_name(f".{fmt.MANIFEST_FILE}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(sealed, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PackerError(f"{path}: could not rewrite the manifest ({e.strerror or e})") from None
+    log.info("%s: resealed, %s %s", path, fmt.MANIFEST_CHECKSUM, sealed[fmt.MANIFEST_CHECKSUM])
+    return report, True
 
 
 def _check_manifest(manifest: dict, col: _Collector) -> dict | None:

@@ -287,7 +287,8 @@ class PackedWriter:
         """Write the manifest and the ``datasets`` files, then move the folder into place. Returns the manifest.
 
         Args:
-            manifest: the manifest without its ``shards`` entry (added here).
+            manifest: the manifest without its ``shards`` entry and its checksum (both added here:
+                :func:`packer.format.seal_manifest`).
             before_publish: called with the complete temporary folder just before it takes the output's name
                 (``packer pack --verify`` verifies there); an exception from it leaves no output.
         """
@@ -297,6 +298,7 @@ class PackedWriter:
             raise RuntimeError(f"shard {missing[0]} was never written")
         manifest = dict(manifest)
         manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
+        manifest = fmt.seal_manifest(manifest)
         try:
             self._write_json(fmt.HF_INFO_FILE, hf_info())
             self._write_json(

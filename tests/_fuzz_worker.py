@@ -10,8 +10,10 @@ and classifies the outcome; it prints one JSON line per case:
 * ``ok``: exit 0, and the output verifies against the input AND matches what pyarrow alone reads from the file
   (fully validated, as Python lists), and for a truncated file what the original held;
 * ``detected`` (every fourth case): a valid packed folder was damaged (shard bytes flipped, truncated, zeroed,
-  deleted or extended; a manifest value changed or deleted; the manifest's bytes cut; state.json emptied) and
-  ``verify_packed`` reported it, with and without the input, without raising;
+  deleted or extended; a manifest value changed or deleted and the manifest re-sealed, so that verify's
+  cross-checks must find it; a manifest value changed without re-sealing, which the manifest checksum must
+  find without the input; the manifest's bytes cut; state.json emptied) and ``verify_packed`` reported it, with
+  and without the input, without raising;
 * ``wrong`` (output that does not match, or damage verify missed), ``traceback`` (any other exception, or an error without a message):
   failures.
 
@@ -294,8 +296,13 @@ MANIFEST_TARGETS = [
     ("stats", "tokens_dropped"), ("stats", "empty_sequences_skipped"), ("stats", "label_tokens"),
     ("input", "rows"), ("input", "fingerprint"),
 ]
+# fields only the manifest checksum protects (verify does not interpret them), for "manifest unsealed"
+UNSEALED_TARGETS = MANIFEST_TARGETS + [
+    ("packer_version",), ("config", "seed"), ("config", "strategy"), ("input", "files", 0, "path"),
+    ("input", "files", 0, "bytes"), ("input", "tokens"), ("stats", "packing_efficiency"),
+]
 VERIFY_DAMAGE = ("shard flip", "shard truncate", "shard zero", "shard delete", "shard append", "manifest value",
-                 "manifest delete", "manifest bytes", "state.json")
+                 "manifest delete", "manifest unsealed", "manifest bytes", "state.json")
 
 
 def run_verify_case(i: int, rng: np.random.Generator, work: Path) -> dict:
@@ -334,8 +341,9 @@ def run_verify_case(i: int, rng: np.random.Generator, work: Path) -> dict:
         shard.unlink()
     elif how == "shard append":
         shard.write_bytes(bytes(data) + b"\x00" * int(rng.integers(1, 16)))
-    elif how in ("manifest value", "manifest delete"):
-        target = MANIFEST_TARGETS[int(rng.integers(len(MANIFEST_TARGETS)))]
+    elif how in ("manifest value", "manifest delete", "manifest unsealed"):
+        targets = UNSEALED_TARGETS if how == "manifest unsealed" else MANIFEST_TARGETS
+        target = targets[int(rng.integers(len(targets)))]
         parent = manifest
         for k in target[:-1]:
             parent = parent[k]
@@ -348,18 +356,20 @@ def run_verify_case(i: int, rng: np.random.Generator, work: Path) -> dict:
                 del parent[target[-1]]
         else:
             choices = [None, -1, 0, "x", [], {}, 1e300, True, 2**70]
-            if target == ("config", "capacity"):
-                choices.append(1)  # capacity +- 1 can describe the very same packs: not damage
+            if how == "manifest unsealed" and isinstance(old, (int, float)) and not isinstance(old, bool):
+                choices += [old + 1, old - 1]  # capacity +- 1 too: the same packs fit, only the checksum can tell
+            elif target == ("config", "capacity"):
+                choices.append(1)  # capacity +- 1 can describe the very same packs: not damage once re-sealed
             elif isinstance(old, int) and not isinstance(old, bool):
                 choices += [old + 1, old - 1]
             new = choices[int(rng.integers(len(choices)))]
             if new == old and type(new) is type(old):
                 new = "changed"
             parent[target[-1]] = new
-        manifest_path.write_text(json.dumps(manifest))
+        # re-sealed, the change must be found by the cross-checks; unsealed, by the manifest checksum
+        manifest_path.write_text(json.dumps(manifest if how == "manifest unsealed" else fmt.seal_manifest(manifest)))
     elif how == "manifest bytes":
-        # cut short: a manifest damaged inside a value verify does not interpret (run timings, paths) is not
-        # detectable, as nothing checksums the manifest itself
+        # cut short (a flipped byte inside a value verify does not interpret is the "manifest unsealed" case)
         raw = manifest_path.read_bytes()
         manifest_path.write_bytes(raw[: int(rng.integers(len(raw) - 1))])
     else:
@@ -373,6 +383,8 @@ def run_verify_case(i: int, rng: np.random.Generator, work: Path) -> dict:
         return result
     shard_damage = how.startswith("shard") or how in ("manifest bytes", "state.json")  # found without the input
     missed = full.ok or (shard_damage and plain.ok)
+    if how == "manifest unsealed":  # the checksum (or, for format and version, the manifest check) finds it alone
+        missed = missed or not {"manifest", "manifest_checksum"} & set(plain.failed())
     result.update(outcome="wrong" if missed else "detected",
                   detail=("damage not reported: " + full.format()[-800:]) if missed else ", ".join(full.failed()))
     shutil.rmtree(case_dir, ignore_errors=True)

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer import format as fmt
+from tests._manifest_helpers import load_manifest, rewrite_manifest
 
 
 def token(i: int, j: int) -> int:
@@ -60,20 +61,16 @@ def read_shard_rows(folder: Path, index: int) -> list[dict]:
 
 def rewrite_shard(folder: Path, index: int, rows: list[dict], *, fix_checksum: bool = True) -> None:
     """Replace shard ``index`` with ``rows`` (format columns); update its manifest entry (size, checksum, counts)
-    so that only the deeper checks can notice what changed."""
-    path_manifest = folder / fmt.MANIFEST_FILE
-    manifest = json.loads(path_manifest.read_text())
-    entry = manifest[fmt.MANIFEST_SHARDS][index]
-    path = folder / entry["file"]
+    and re-seal the manifest so that only the deeper checks can notice what changed."""
+    path = folder / load_manifest(folder)[fmt.MANIFEST_SHARDS][index]["file"]
     table = pa.Table.from_pylist(rows, schema=fmt.SCHEMA)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, fmt.SCHEMA) as w:
         w.write_table(table)
     if fix_checksum:
         data = path.read_bytes()
-        entry.update(bytes=len(data), xxh3_128=xxhash.xxh3_128(data).hexdigest(), rows=len(rows),
-                     tokens=sum(len(r[fmt.INPUT_IDS]) for r in rows),
-                     sequences=sum(len(r[fmt.SEQ_INDEX]) for r in rows))
-        path_manifest.write_text(json.dumps(manifest, indent=2))
+        rewrite_manifest(folder, lambda m: m[fmt.MANIFEST_SHARDS][index].update(
+            bytes=len(data), xxh3_128=xxhash.xxh3_128(data).hexdigest(), rows=len(rows),
+            tokens=sum(len(r[fmt.INPUT_IDS]) for r in rows), sequences=sum(len(r[fmt.SEQ_INDEX]) for r in rows)))
 
 
 def flip_bit(path: Path, byte: int, bit: int = 0) -> None:

@@ -17,6 +17,7 @@ from packer.errors import PackerError
 from packer.packed_reader import PackedReader
 from packer.torch import PackedCollator, PackedDataset
 
+from tests._manifest_helpers import rewrite_manifest
 from tests._torch_helpers import IGNORE, expected_sequences, make_packed, random_lengths, run_python
 
 CAP = 96
@@ -203,8 +204,39 @@ def test_other_format_version(tmp_path, packed):
     manifest = json.loads(path.read_text())
     manifest[fmt.MANIFEST_VERSION] = fmt.FORMAT_VERSION + 1
     path.write_text(json.dumps(manifest))
+    # the version is checked before the manifest checksum (another version may define it differently) ...
     with pytest.raises(PackerError, match=r"packer\.json.*format version"):
         PackedDataset(folder)
+    # ... and a sealed manifest of another version is refused for its version too
+    rewrite_manifest(folder, lambda m: None)
+    with pytest.raises(PackerError, match=r"packer\.json.*format version"):
+        PackedDataset(folder)
+
+
+@pytest.mark.parametrize("edit", ["capacity", "stat", "fingerprint", "shard rows"])
+def test_edited_manifest(tmp_path, packed, edit):
+    """An edit the other checks cannot see (PackedDataset would pad to capacity + 1) is refused on open."""
+    folder = _copy_folder(packed, tmp_path / "e")
+
+    def mutate(m):
+        if edit == "capacity":
+            m[fmt.MANIFEST_CONFIG][fmt.CONFIG_CAPACITY] += 1
+        elif edit == "stat":
+            m[fmt.MANIFEST_STATS]["tokens_in"] += 1
+        elif edit == "fingerprint":
+            m[fmt.MANIFEST_INPUT]["fingerprint"] = "0" * 64
+        else:  # a row moved between two shards: the totals still add up
+            m[fmt.MANIFEST_SHARDS][0][fmt.SHARD_ROWS] -= 1
+            m[fmt.MANIFEST_SHARDS][1][fmt.SHARD_ROWS] += 1
+
+    rewrite_manifest(folder, mutate, seal=False)
+    for open_folder in (PackedDataset, PackedReader, lambda f: PackedDataset(f, verify=True)):
+        with pytest.raises(PackerError, match=r"packer\.json: the manifest was modified or damaged after packing.*"
+                           r"re-run 'packer pack'.*--reseal"):
+            open_folder(folder)
+    if edit == "capacity":  # sealed on purpose: opens, and pads to the new capacity
+        rewrite_manifest(folder, lambda m: None)
+        assert PackedDataset(folder).capacity == CAP + 1
 
 
 def test_missing_shard(tmp_path, packed):
@@ -222,12 +254,13 @@ def test_truncated_shard(tmp_path, packed):
     victim.write_bytes(data[: len(data) // 2])
     with pytest.raises(PackerError, match=f"{victim.name}.*bytes on disk"):
         PackedDataset(folder)
-    # even when the manifest was edited to the new size, the stream itself is found truncated
-    path = folder / fmt.MANIFEST_FILE
-    manifest = json.loads(path.read_text())
-    manifest[fmt.MANIFEST_SHARDS][2][fmt.SHARD_BYTES] = len(data) // 2
-    path.write_text(json.dumps(manifest))
+    # even when the manifest was edited (and re-sealed) to the new size, the stream itself is found truncated
+    rewrite_manifest(folder, lambda m: m[fmt.MANIFEST_SHARDS][2].update({fmt.SHARD_BYTES: len(data) // 2}))
     with pytest.raises(PackerError, match=f"{victim.name}.*(truncated|damaged)"):
+        PackedDataset(folder)
+    # without re-sealing, the manifest checksum refuses the edit first
+    rewrite_manifest(folder, lambda m: m[fmt.MANIFEST_SHARDS][2].update({fmt.SHARD_BYTES: len(data) // 3}), seal=False)
+    with pytest.raises(PackerError, match=r"packer\.json: the manifest was modified or damaged"):
         PackedDataset(folder)
 
 

@@ -13,7 +13,8 @@ from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
 from packer.errors import PackerError
 from packer.reader import Columns
-from packer.verify import CHECKS, INPUT_CHECKS, verify_packed
+from packer.verify import CHECKS, INPUT_CHECKS, reseal_manifest, verify_packed
+from tests._manifest_helpers import rewrite_manifest
 from tests._verify_helpers import lengths_mixed, read_shard_rows, rewrite_shard, rows_table, write_stream
 
 CAPACITY = 64
@@ -231,3 +232,83 @@ def test_two_runs_are_byte_identical(tmp_path, strategy):
         assert (outs[0] / s["file"]).read_bytes() == (outs[1] / s["file"]).read_bytes()
     for name in (fmt.HF_STATE_FILE, fmt.HF_INFO_FILE):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+@pytest.mark.parametrize("edit", ["capacity", "stat", "fingerprint"])
+def test_edited_manifest_is_caught_by_its_checksum(packed, edit):
+    """Edits no cross-check sees: capacity 64 -> 65 still fits every pack, a derived statistic, the input
+    fingerprint (without --input). The manifest checksum finds each, and the other checks still run."""
+    src, out = packed
+
+    def mutate(m):
+        if edit == "capacity":
+            m["config"]["capacity"] += 1
+        elif edit == "stat":
+            m["stats"]["packing_efficiency"] /= 2
+        else:
+            m["input"]["fingerprint"] = "f" * 64
+
+    rewrite_manifest(out, mutate, seal=False)
+    report = verify_packed(out)
+    assert report.failed() == ["manifest_checksum"]
+    (d,) = report.defects
+    assert f"{out / fmt.MANIFEST_FILE}: the manifest was modified or damaged after packing" in d.message
+    assert "re-run 'packer pack'" in d.message and "--reseal" in d.message
+    assert report.packs == fmt.read_manifest(out, checksum=False)["stats"]["packs"]  # the shards were still checked
+    with pytest.raises(PackerError, match=r"packer\.json: the manifest was modified or damaged after packing"):
+        fmt.read_manifest(out)
+    full = verify_packed(out, inputs=[src])
+    assert full.failed()[0] == "manifest_checksum"
+    if edit == "fingerprint":  # the input check sees this one too
+        assert full.failed() == ["manifest_checksum", "input"]
+    # sealed again, the edit is the user's: only a check that can see it still fails
+    rewrite_manifest(out, lambda m: None)
+    assert verify_packed(out).ok
+    assert verify_packed(out, inputs=[src]).failed() == (["input"] if edit == "fingerprint" else [])
+
+
+def test_manifest_without_checksum_is_a_note(packed, caplog, monkeypatch):
+    """A folder of a packer without manifest checksums opens (one warning) and verifies, the check skipped."""
+    src, out = packed
+    monkeypatch.setattr(fmt, "_unsealed_warned", set())  # forget folders warned about earlier in this process
+    rewrite_manifest(out, lambda m: m.pop(fmt.MANIFEST_CHECKSUM), seal=False)
+    report = verify_packed(out, inputs=[src])
+    assert report.ok, report.format()
+    c = report.check("manifest_checksum")
+    assert c.status == "skipped" and "manifest has no checksum (written by an older packer)" in c.detail
+    assert "skip manifest_checksum manifest has no checksum" in report.format()
+    caplog.clear()
+    for _ in range(3):
+        fmt.read_manifest(out)
+    warned = [r for r in caplog.records if "has no manifest_checksum" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING" and "--reseal" in warned[0].getMessage()
+
+
+def test_reseal(packed, capsys):
+    src, out = packed
+    path = out / fmt.MANIFEST_FILE
+    assert main(["verify", str(out), "--reseal"]) == 0
+    assert "already sealed" in capsys.readouterr().out
+    original = fmt.read_manifest(out)
+    # a deliberate edit: refused on open, resealed by verify after the shards agree with it
+    rewrite_manifest(out, lambda m: m["config"].update(capacity=CAPACITY + 1), seal=False)
+    assert main(["verify", str(out)]) == 1
+    assert "FAIL manifest_checksum" in capsys.readouterr().out
+    assert main(["verify", str(out), "--input", str(src), "--reseal"]) == 0
+    assert "resealed packer.json" in capsys.readouterr().out
+    m = fmt.read_manifest(out)
+    assert m["config"]["capacity"] == CAPACITY + 1 and m[fmt.MANIFEST_CHECKSUM] != original[fmt.MANIFEST_CHECKSUM]
+    assert list(m) == list(original) and path.read_text().startswith('{\n  "format"')  # layout kept
+    assert verify_packed(out).ok
+    # an older packer's folder gets its first checksum
+    rewrite_manifest(out, lambda m: m.pop(fmt.MANIFEST_CHECKSUM), seal=False)
+    report, resealed = reseal_manifest(out)
+    assert resealed and report.ok and fmt.check_manifest_checksum(fmt.read_manifest(out), path)
+    # an edit the shards contradict is not resealed
+    rewrite_manifest(out, lambda m: m["shards"][0].update(rows=m["shards"][0]["rows"] + 1), seal=False)
+    before = path.read_bytes()
+    assert main(["verify", str(out), "--reseal"]) == 1
+    text = capsys.readouterr().out
+    assert "not resealed" in text and "FAIL manifest_checksum" in text and "FAIL schema" in text
+    assert path.read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -2,18 +2,23 @@
 sequence is in exactly one pack with identical tokens and labels (or empty, dropped or truncated as the
 overflow policy says), with token counts that add up exactly.
 
-exit status: 0 verified, 1 defects found (listed), 2 error (e.g. the input cannot be read).
+The manifest carries its own checksum; a manifest edited on purpose (or written by an older packer, without
+one) is re-sealed with --reseal once every other check passes.
+
+exit status: 0 verified (or resealed), 1 defects found (listed), 2 error (e.g. the input cannot be read).
 
 examples:
   packer verify packed/
   packer verify packed/ --input data_samples/reference_like
   packer verify packed/ --input 'shards/*.parquet' --max-defects 100
+  packer verify packed/ --input data_samples/reference_like --reseal   # after editing packer.json on purpose
 """
 from __future__ import annotations
 
 import argparse
 
-from packer.verify import DEFAULT_MAX_DEFECTS, verify_packed
+from packer import format as fmt
+from packer.verify import DEFAULT_MAX_DEFECTS, reseal_manifest, verify_packed
 
 NAME = "verify"
 HELP = "check a packed folder's checksums and invariants, and against its input"
@@ -27,9 +32,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ones the manifest names")
     p.add_argument("--max-defects", type=int, default=DEFAULT_MAX_DEFECTS,
                    help="defects listed per check; all are counted (default %(default)s)")
+    p.add_argument("--reseal", action="store_true",
+                   help=f"if every check but manifest_checksum passes, record the manifest's current checksum in "
+                   f"{fmt.MANIFEST_FILE} (after an edit on purpose, or to add one to an older packer's folder)")
 
 
 def run(args: argparse.Namespace) -> int:
-    report = verify_packed(args.folder, inputs=args.input, max_defects=args.max_defects)
+    if not args.reseal:
+        report = verify_packed(args.folder, inputs=args.input, max_defects=args.max_defects)
+        print(report.format())
+        return 0 if report.ok else EXIT_DEFECTS
+    report, resealed = reseal_manifest(args.folder, inputs=args.input, max_defects=args.max_defects)
     print(report.format())
-    return 0 if report.ok else EXIT_DEFECTS
+    if resealed:
+        print(f"resealed {fmt.MANIFEST_FILE}: its checksum now covers its current content")
+        return 0
+    if report.ok:
+        print(f"{fmt.MANIFEST_FILE} already sealed with its current content; nothing to do")
+        return 0
+    print("not resealed: checks other than manifest_checksum failed; fix the folder or re-run 'packer pack'")
+    return EXIT_DEFECTS

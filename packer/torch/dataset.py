@@ -64,8 +64,8 @@ class PackedDataset(Dataset):
         verify: check every shard's checksum against the manifest on open (reads the whole folder once).
 
     Raises:
-        PackerError: not a packed folder, another format version, a shard missing, truncated or (with
-            ``verify``) damaged; the message names the file.
+        PackerError: not a packed folder, another format version, a manifest modified after packing (its checksum
+            differs), a shard missing, truncated or (with ``verify``) damaged; the message names the file.
 
     Example:
         >>> ds = PackedDataset("packed")                                   # doctest: +SKIP
