@@ -3,6 +3,8 @@ while the training loop still holds them; slots are reused; the fallbacks (no sl
 from __future__ import annotations
 
 import copy
+import io
+import multiprocessing
 import pickle
 
 import numpy as np
@@ -87,7 +89,7 @@ def test_new_workers_replace_finished_workers_arenas(packed):
     assert len(_transport._attached) == 1
 
 
-def test_no_slot_left_falls_back_to_one_shared_storage(packed, monkeypatch):
+def test_no_slot_left_falls_back_to_torchs_transport(packed, monkeypatch):
     monkeypatch.setattr(_transport, "ARENA_BUDGET", 0)  # forked workers inherit it: no arena at all
     ds = PackedDataset(packed)
     _transport._attached.clear()
@@ -95,6 +97,53 @@ def test_no_slot_left_falls_back_to_one_shared_storage(packed, monkeypatch):
     for g, w in zip(got, _expected(ds, 3), strict=True):
         _same(g, w)
     assert not _transport._attached
+
+
+def _pickling_collate(items):
+    # a collate_fn that pickles its batch inside the worker (to log its size, to cache it): that must neither take
+    # a slot nor confuse the transport of the batches that follow
+    batch = PackedCollator()(items)
+    saved = io.BytesIO()
+    torch.save(batch, saved)
+    batch["saved"] = saved.getvalue()
+    batch["pickled"] = pickle.dumps(batch)
+    return batch
+
+
+def test_pickling_inside_a_worker_is_plain(packed):
+    ds = PackedDataset(packed)
+    loader = DataLoader(ds, batch_size=2, collate_fn=_pickling_collate, num_workers=1, multiprocessing_context="fork")
+    got = list(loader)
+    for g, w in zip(got, _expected(ds, 2), strict=True):
+        saved, pickled = g.pop("saved"), g.pop("pickled")
+        _same(g, w)
+        _same(torch.load(io.BytesIO(saved), weights_only=False), w)
+        _same({k: v for k, v in pickle.loads(pickled).items() if k != "saved"}, w)
+
+
+def _drop_and_collect(held):
+    import gc
+
+    held.clear()
+    gc.collect()
+
+
+def test_a_forked_child_does_not_release_the_parents_slots(packed, monkeypatch):
+    # a child forked while the loop holds batches (an async checkpoint, an eval process) inherits copies of them
+    # and their finalizers; when its copies die, the parent's slots must stay busy
+    monkeypatch.setattr(_transport, "SLOTS", 4)
+    ds = PackedDataset(packed)
+    want = _expected(ds, 1)
+    it = iter(_loader(ds, batch_size=1, num_workers=1, prefetch_factor=2))
+    held = [next(it) for _ in range(4)]
+    child = multiprocessing.get_context("fork").Process(target=_drop_and_collect, args=(held,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    for _ in range(12):
+        next(it)  # dropped at once: the worker cycles through the free slots
+    for b, w in zip(held, want):
+        _same(b, w)
 
 
 def test_early_break_with_persistent_workers_then_a_full_epoch(packed):
@@ -110,22 +159,41 @@ def test_early_break_with_persistent_workers_then_a_full_epoch(packed):
 
 
 class _Odd(torch.utils.data.Dataset):
-    """Items with a bfloat16 tensor (no numpy dtype), a non-contiguous view and non-tensor values."""
+    """Items with tensors of every kind: bfloat16 (no numpy dtype), non-contiguous, lazily negated and conjugated
+    views, sparse, a Parameter, empty, 0-d; and values that are no tensors."""
 
     def __len__(self):
-        return 40
+        return 12
 
     def __getitem__(self, i):
         base = torch.arange(i, i + 24, dtype=torch.float32).view(4, 6)
+        z = torch.tensor([1 + 2j, i - 1j])
+        extra = {0: {"csr": torch.eye(3).to_sparse_csr()}, 1: {"coo": torch.eye(3).to_sparse()},
+                 2: {"param": torch.nn.Parameter(torch.ones(2), requires_grad=False)}}.get(i % 4, {})
+        if not extra:  # sparse tensors and subclasses go through torch's transport, which drops these two bits
+            extra = {"conj": z.conj(), "neg": z.conj().imag}
         return PackedBatch(h=base.to(torch.bfloat16), t=base.t(), flag=torch.tensor(i % 2 == 0), name=f"x{i}",
-                           empty=torch.empty(0, dtype=torch.int64), n=i)
+                           empty=torch.empty(0, dtype=torch.int64), zero_d=torch.tensor(i), n=i, **extra)
 
 
+def _same_any(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor):
+            assert type(v) is type(b[k]) and v.dtype == b[k].dtype and v.shape == b[k].shape, k
+            dense = v.to_dense() if v.layout != torch.strided else v
+            other = b[k].to_dense() if b[k].layout != torch.strided else b[k]
+            assert torch.equal(dense.resolve_conj().resolve_neg(), other.resolve_conj().resolve_neg()), k
+        else:
+            assert v == b[k], k
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_any_cpu_tensors_survive_the_transport():
     ds = _Odd()
-    got = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork"))
+    got = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork", timeout=60))
     for i, g in enumerate(got):
-        _same(g, ds[i])
+        _same_any(g, ds[i])
         assert g["t"].shape == (6, 4)
 
 

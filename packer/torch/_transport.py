@@ -6,24 +6,30 @@ segment's file descriptor over a socket, with an authenticated handshake, per st
 make, and to about 1,000 with real ones; the copy is not the cost.
 
 Items of :class:`packer.torch.PackedDataset` and batches of :class:`packer.torch.PackedCollator` are
-:class:`PackedBatch` dicts. Pickled inside a DataLoader worker, one copies its tensors into a free slot of a
-shared-memory arena that the worker allocated once; the arena's descriptor crosses to the main process once, with
-the first batch that uses it, and every message after that carries the arena's id, the slot and the tensors'
-layout (a few hundred bytes). The main process rebuilds the tensors as views of the slot, and when the last of
-them is freed it marks the slot free, so the worker writes the next batch there. A worker that finds no free slot
-(the training loop holds on to many batches) makes another arena, up to ``ARENA_BUDGET`` bytes, and past that
-sends the batch as one shared storage through torch's own mechanism: slower, never wrong.
+:class:`PackedBatch` dicts. When a DataLoader worker puts one on its result queue (multiprocessing's
+``ForkingPickler``, for which this module registers a reducer), its tensors are copied into a free slot of a
+shared-memory arena that the worker allocated once; the arena's descriptor goes with every message until the
+receiving process has attached it (it says so in the arena's header), and after that a message carries the
+arena's id, the slot and the tensors' layout (a few hundred bytes). The main process rebuilds the tensors as
+views of the slot, and when the last of them is freed it marks the slot free, so the worker writes a later batch
+there. A worker that finds no free slot (the training loop holds on to many batches) makes another arena, up to
+``ARENA_BUDGET`` bytes, and past that, or for tensors this path does not handle (sparse, subclasses), the batch
+goes through torch's own mechanism.
 
-Only the worker sets a slot busy, only the receiving process sets it free, and only after every tensor viewing
-it is gone, so a slot is never written while a batch still reads it. Elsewhere (the main process, ``torch.save``,
-``copy``) a :class:`PackedBatch` pickles as the plain dict it is.
+Only the worker marks a slot busy, and only the process that rebuilt the batch (not a child it forks later)
+marks it free, after every tensor viewing it is gone. One thing to know: the received tensors are views of the
+slot, not shared storages, so ``tensor.share_memory_()`` or putting the batch on a ``torch.multiprocessing``
+queue copies them to shared memory first, which releases the slot; a numpy view of the tensor taken before that
+still points into the slot, which the worker then reuses. Take such views after sharing, or of a clone.
+Everywhere else (``pickle``, ``torch.save``, ``copy``, the main process's own queues) a :class:`PackedBatch`
+pickles as the plain dict it is.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import weakref
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import torch
@@ -34,8 +40,9 @@ SLOTS = 16
 ARENA_BUDGET = 1 << 30
 """Bytes of arenas one worker may allocate before it falls back to torch's per-storage transfer."""
 _ALIGN = 64
-_HEADER = 64  # one flag byte per slot: 0 free, 1 written by the worker and not yet released by the receiver
-_SLOT_ROUND = 64 << 10
+_HEADER = 64  # one flag byte per slot (0 free, 1 written and not yet released), then the attached byte
+_ATTACHED = _HEADER - 1  # set by the receiving process once it has mapped the arena
+_MIN_SLOT = 64 << 10
 
 _NUMPY = {torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
           torch.uint8: np.uint8, torch.bool: np.bool_, torch.float64: np.float64, torch.float32: np.float32,
@@ -45,24 +52,27 @@ _NUMPY = {torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, t
 class PackedBatch(dict):
     """A dict of a pack's or a batch's tensors and numbers that DataLoader workers ship through shared memory.
 
-    It behaves as a ``dict`` everywhere; only its pickling inside a DataLoader worker differs (see the module
-    docstring). ``copy.copy`` and ``copy.deepcopy`` give a :class:`PackedBatch` as ``dict`` semantics would.
+    It behaves as a ``dict`` everywhere; only the result queue of a DataLoader worker sends it differently (see
+    the module docstring). ``dict(batch)`` or ``{**batch}`` make plain dicts, which torch's slower transport
+    sends.
     """
 
     __slots__ = ()
 
     def __reduce__(self):
-        if get_worker_info() is not None:
-            shipped = _ship(self)
-            if shipped is not None:
-                return shipped
         return (PackedBatch, (dict(self),))
 
-    def __copy__(self):
-        return PackedBatch(self)
 
-    def __deepcopy__(self, memo):
-        return PackedBatch({k: copy.deepcopy(v, memo) for k, v in self.items()})
+def _reduce_for_queue(batch: PackedBatch):
+    """multiprocessing's reducer: through an arena slot inside a DataLoader worker, else as a plain dict."""
+    if get_worker_info() is not None:
+        shipped = _ship(batch)
+        if shipped is not None:
+            return shipped
+    return (PackedBatch, (dict(batch),))
+
+
+ForkingPickler.register(PackedBatch, _reduce_for_queue)
 
 
 class _Arena:
@@ -75,10 +85,9 @@ class _Arena:
         self.nbytes = _HEADER + SLOTS * slot_size
         self.storage = torch.UntypedStorage._new_shared(self.nbytes)
         self.array = torch.empty(0, dtype=torch.uint8).set_(self.storage).numpy()
+        self.array[:_HEADER] = 0
         self.flags = self.array[:SLOTS]
-        self.flags[:] = 0
         self.key = f"{os.getpid()}-{next(self._serial)}-{os.urandom(6).hex()}"
-        self.sent = False
 
     def take(self) -> int:
         slot = int(self.flags.argmin())
@@ -101,7 +110,8 @@ def _take_slot(nbytes: int) -> tuple[_Arena, int] | None:
             slot = arena.take()
             if slot >= 0:
                 return arena, slot
-    slot_size = -(-nbytes // _SLOT_ROUND) * _SLOT_ROUND
+    # powers of two: batches of growing sizes make a few arenas, not one per size
+    slot_size = max(_MIN_SLOT, 1 << max(0, nbytes - 1).bit_length())
     if sum(a.nbytes for a in _arenas) + _HEADER + SLOTS * slot_size > ARENA_BUDGET:
         return None
     arena = _Arena(slot_size)
@@ -111,13 +121,18 @@ def _take_slot(nbytes: int) -> tuple[_Arena, int] | None:
 
 
 def _ship(batch: PackedBatch):
-    """The reduce tuple that sends ``batch`` through an arena slot, or one shared storage; None to pickle plainly."""
+    """The reduce tuple that sends ``batch`` through an arena slot; None to leave it to torch's transport."""
     layout, placed, total = [], {}, 0
     for key, value in batch.items():
         if not isinstance(value, torch.Tensor):
             layout.append((key, None, value))
             continue
-        if value.device.type != "cpu" or value.requires_grad or value.is_sparse:
+        if (
+            type(value) is not torch.Tensor  # a subclass (Parameter, ...) must arrive as itself
+            or value.layout != torch.strided
+            or value.device.type != "cpu"
+            or value.requires_grad
+        ):
             return None
         spec = placed.get(id(value))
         if spec is None:
@@ -126,29 +141,29 @@ def _ship(batch: PackedBatch):
         layout.append((key, spec, value))
     taken = _take_slot(total)
     if taken is None:
-        storage = torch.UntypedStorage._new_shared(max(total, _ALIGN))
-        region, arena = torch.empty(0, dtype=torch.uint8).set_(storage).numpy(), None
-    else:
-        arena, slot = taken
-        start = _HEADER + slot * arena.slot_size
-        region = arena.array[start : start + arena.slot_size]
-    copied = set()
-    for _key, spec, value in layout:
-        if spec is None or id(value) in copied:
-            continue
-        copied.add(id(value))
-        offset, dtype, shape = spec
-        nbytes = value.numel() * value.element_size()
-        np_dtype = _NUMPY.get(dtype)
-        if np_dtype is not None:
-            np.copyto(region[offset : offset + nbytes].view(np_dtype).reshape(shape), value.numpy())
-        else:  # bfloat16 and friends: numpy has no such dtype
-            torch.from_numpy(region[offset : offset + nbytes]).view(dtype).view(shape).copy_(value)
+        return None
+    arena, slot = taken
+    start = _HEADER + slot * arena.slot_size
+    region = arena.array[start : start + arena.slot_size]
+    try:
+        copied = set()
+        for _key, spec, value in layout:
+            if spec is None or id(value) in copied:
+                continue
+            copied.add(id(value))
+            offset, dtype, shape = spec
+            nbytes = value.numel() * value.element_size()
+            np_dtype = _NUMPY.get(dtype)
+            if np_dtype is not None and not value.is_neg() and not value.is_conj():
+                np.copyto(region[offset : offset + nbytes].view(np_dtype).reshape(shape), value.numpy())
+            else:  # bfloat16, complex, lazily negated or conjugated views: numpy cannot take these
+                torch.from_numpy(region[offset : offset + nbytes]).view(dtype).view(shape).copy_(value)
+    except Exception:
+        arena.flags[slot] = 0
+        return None
     layout = [(key, spec, None if spec is not None else value) for key, spec, value in layout]
-    if arena is None:
-        return (_rebuild_storage, (storage, layout))
-    first = None if arena.sent else arena.storage
-    arena.sent = True
+    # the arena's descriptor goes along until the receiver says it has mapped it
+    first = None if arena.array[_ATTACHED] else arena.storage
     return (_rebuild_slot, (arena.key, os.getpid(), first, slot, arena.slot_size, layout))
 
 
@@ -157,10 +172,12 @@ _attached: dict[str, tuple[int, np.ndarray]] = {}
 
 
 def _attach(key: str, pid: int, storage) -> np.ndarray:
-    for old in [k for k, (p, _) in _attached.items() if p != pid and not _alive(p)]:
-        del _attached[old]  # a finished worker's arena; batches still held keep their slots mapped
+    for old, (p, _) in list(_attached.items()):  # a copy: pin-memory threads of two loaders may attach at once
+        if p != pid and not _alive(p):
+            _attached.pop(old, None)  # a finished worker's arena; batches still held keep their slots mapped
     array = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
     _attached[key] = (pid, array)
+    array[_ATTACHED] = 1
     return array
 
 
@@ -174,8 +191,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _release(flags: np.ndarray, slot: int) -> None:
-    flags[slot] = 0
+def _release(flags: np.ndarray, slot: int, owner: int) -> None:
+    # a child forked later inherits this finalizer and copies of the batches; only the receiving process, whose
+    # tensors are the ones that matter, gives the slot back
+    if os.getpid() == owner:
+        flags[slot] = 0
 
 
 def _views(region: np.ndarray, layout) -> PackedBatch:
@@ -208,17 +228,14 @@ def _rebuild_slot(key: str, pid: int, storage, slot: int, slot_size: int, layout
     if entry is None:
         if storage is None:
             raise RuntimeError(
-                f"packer: a DataLoader batch refers to shared-memory arena {key} of worker {pid}, which this "
-                "process never received; pickle PackedBatch only through the DataLoader's own queue"
+                f"packer: a DataLoader batch refers to shared-memory arena {key} of worker {pid}, which another "
+                "process attached; batches pickled inside a worker with multiprocessing's ForkingPickler must go "
+                "to the DataLoader's main process"
             )
         array = _attach(key, pid, storage)
     else:
         array = entry[1]
     start = _HEADER + slot * slot_size
     region = array[start : start + slot_size]  # a view of its own, which only this batch's tensors hold
-    weakref.finalize(region, _release, array[:SLOTS], slot).atexit = False
+    weakref.finalize(region, _release, array[:SLOTS], slot, os.getpid()).atexit = False
     return _views(region, layout)
-
-
-def _rebuild_storage(storage, layout) -> PackedBatch:
-    return _views(torch.empty(0, dtype=torch.uint8).set_(storage).numpy(), layout)
