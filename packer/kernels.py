@@ -9,7 +9,9 @@ lengths sum to at most ``capacity``. Packs are numbered in the order they are op
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import config, njit, types
+from numba.extending import intrinsic
 
 
 @njit(cache=True)
@@ -287,6 +289,37 @@ def first_not_label(labels, ignore_index):
     return -1
 
 
+if config.DISABLE_JIT:
+
+    def _prefetch(array, index):
+        """Pure Python (NUMBA_DISABLE_JIT=1): a prefetch changes nothing but timing."""
+
+else:
+
+    @intrinsic
+    def _prefetch(typingctx, array, index):
+        """Ask the CPU to start loading the cache line holding ``array[index]`` (LLVM ``llvm.prefetch``; no-op
+        semantics, and no fault past the end of the array)."""
+        sig = types.void(array, index)
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            byte_ptr = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = builder.module.declare_intrinsic(
+                "llvm.prefetch", [byte_ptr], fnty=ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+            )
+            address = builder.bitcast(builder.gep(data, [args[1]]), byte_ptr)
+            # read, keep in all cache levels, data cache
+            builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
+_PREFETCH_AHEAD = 1024  # int32 elements: one 4 kB page ahead (768-1,024 measured best, 2,048 worse)
+
+
 @njit(cache=True)
 def fill_padded_pack(input_ids, labels, cu_seqlens, ids_out, labels_out, positions, cu_out, pad_id, ignore_index):
     """Write one stored pack, padded, into three rows and ``cu_out``; return ``(label_tokens, max_seqlen, bad)``.
@@ -305,18 +338,30 @@ def fill_padded_pack(input_ids, labels, cu_seqlens, ids_out, labels_out, positio
         sequence whose first label is not ``ignore_index`` (``-1`` if none; packer always masks it).
 
     Simple loops, one output row at a time, so that each one vectorises: 4.7 us per 20,000-token pack from cache
-    against 9.0 us for one loop writing the rows interleaved (the pack read from memory adds about 8 us to either);
-    numpy needs a cumsum or a repeat for the positions and measured 36 us.
+    against 9.0 us for one loop writing the rows interleaved; reading the pack from memory adds about 8 us, 5 with
+    the prefetching below. numpy needs a cumsum or a repeat for the positions and measured 36 us.
     """
     n = input_ids.shape[0]
     capacity = ids_out.shape[0]
-    for i in range(n):
-        ids_out[i] = input_ids[i]
-    for i in range(n):
-        labels_out[i] = labels[i]
+    # 64 tokens at a time (four cache lines of each list), prefetching a page ahead: a pack read from memory
+    # crosses a 4 kB page every 1,024 tokens, where the hardware prefetcher stops; measured 12.2 us per
+    # 20,000-token pack against 15.4 us for the plain loops
+    i = 0
+    while i + 64 <= n:
+        for line in range(0, 64, 16):
+            _prefetch(input_ids, i + _PREFETCH_AHEAD + line)
+            _prefetch(labels, i + _PREFETCH_AHEAD + line)
+        for j in range(i, i + 64):
+            ids_out[j] = input_ids[j]
+        for j in range(i, i + 64):
+            labels_out[j] = labels[j]
+        i += 64
+    for j in range(i, n):
+        ids_out[j] = input_ids[j]
+        labels_out[j] = labels[j]
     count = 0
     for i in range(n):
-        count += labels[i] != ignore_index
+        count += labels_out[i] != ignore_index
     longest = capacity - n
     bad = -1
     k = cu_seqlens.shape[0] - 1
