@@ -31,7 +31,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_kernel.py
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_open.py
 	$(PY) benchmarks/bench_verify.py
+	$(PY) benchmarks/bench_manifest.py
 
 ## 100M-length kernel and 1M-sequence conversions (about 20 GB of disk and several minutes)
 bench-scale: $(STAMP)
