@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import REPO, fmt_bytes, full_reference_set, run_measured
+from _common import fmt_bytes, full_reference_set, run_measured
 
 COPY = """
 import sys, json, glob, os, time

@@ -61,8 +61,6 @@ from packer.plan import (
     DEFAULT_OVERFLOW,
     DEFAULT_STRATEGY,
     DEFAULT_FILLER,
-    OVERFLOW_POLICIES,
-    STRATEGIES,
     make_segments,
     plan_packs,
 )

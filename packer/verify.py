@@ -291,8 +291,8 @@ def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector) -> N
         col.detail["manifest_checksum"] = (f"{fmt.MANIFEST_FILE} {fmt.CHECKSUM} "
                                            f"{manifest[fmt.MANIFEST_CHECKSUM][:16]}... matches its content")
     else:
-        col.detail["manifest_checksum"] = (f"manifest has no checksum (written by an older packer); "
-                                           f"'packer verify --reseal' adds one")
+        col.detail["manifest_checksum"] = ("manifest has no checksum (written by an older packer); "
+                                           "'packer verify --reseal' adds one")
 
 
 def reseal_manifest(folder: str | os.PathLike, *, inputs=None, max_defects: int = DEFAULT_MAX_DEFECTS

@@ -170,7 +170,6 @@ def run_case(i: int, rng: np.random.Generator, work: Path) -> dict:
     family = ["schema", "labels", "mask", "options", "corrupt", "corrupt"][int(rng.integers(6))]
     args: list[str] = []
     names = ["input_ids"]
-    label_mode = "ids"
     original = None
     capacity, overflow = 50, ["drop", "truncate", "split"][int(rng.integers(3))]
     if family == "schema":
@@ -190,7 +189,6 @@ def run_case(i: int, rng: np.random.Generator, work: Path) -> dict:
             other = pa.array(vals, typ)
         table = pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32())), col_name: other})
         names.append(col_name)
-        label_mode = "labels" if family == "labels" else "mask"
         args += ["--labels-column", col_name] if family == "labels" else ["--loss-mask-column", col_name]
     elif family == "options":
         opts = OPTION_CASES[int(rng.integers(len(OPTION_CASES)))]
@@ -210,7 +208,6 @@ def run_case(i: int, rng: np.random.Generator, work: Path) -> dict:
         table = rows_table(rng.integers(0, 80, int(rng.integers(1, 40))).tolist(), labels=with_labels)
         if with_labels:
             names.append("labels")
-            label_mode = "labels"
             args += ["--labels-column", "labels"]
         else:
             args += ["--no-labels"]

@@ -50,8 +50,9 @@ class PackedDataset(Dataset):
     """Packs of a packed folder as fixed-shape tensors (see the module docstring for the keys).
 
     The shards are memory-mapped: opening a 3.16 GB folder took 6 ms and under 1 MiB, and reading items keeps the
-    process's own memory under 20 MiB (``benchmarks/bench_open.py``); pages are read as items are. Pickling (``DataLoader`` workers under spawn/forkserver) carries no memory map: each worker maps
-    the shards again on first use.
+    process's own memory under 20 MiB (``benchmarks/bench_open.py``); pages are read as items are. Pickling
+    (``DataLoader`` workers under spawn/forkserver) carries no memory map: each worker maps the shards again on
+    first use.
 
     Args:
         path: a packed folder (``packer pack`` output).
