@@ -19,6 +19,9 @@ otherwise, one record batch at a time. Nothing holds all inputs at once:
 * ``packer pack`` scans with a staging folder: Parquet is compressed and cannot be memory-mapped, so the scan
   decodes it one row group at a time and writes the needed columns to an Arrow IPC file there, which shard jobs
   (in any process) read like any Arrow input. Memory stays bounded by one row group; the cost is one write.
+  Remote inputs (object stores) are staged too when the staging folder is local: under a global plan nearly every
+  shard job needs nearly every record batch, so reading them remotely would transfer the data once per shard;
+  staged, it crosses the network once, during the scan, and the jobs memory-map the local copy.
 * ``packer report`` needs the lengths alone.
 * ``packer verify --input`` (:func:`open_input`) revisits the input's batches once per packed shard, so it keeps
   the scanned batches: views of the memory maps for Arrow IPC (no heap), decoded in memory for Parquet.
@@ -461,7 +464,8 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
         inputs: a path or paths, folders, globs (local) or URIs.
         columns: the columns to read.
         staging: a folder (path or URI) to convert Parquet inputs into Arrow IPC files in (created on first
-            use), so that shard jobs can memory-map them; None reads Parquet batches from the Parquet file.
+            use), so that shard jobs can memory-map them, and, when it is local, to copy remote inputs into; None
+            reads every batch from its own file.
         keep: hold the scanned batches as the result's chunks (memory-mapped views for local Arrow IPC, decoded
             for Parquet and remote files) instead of opening them again on demand.
 
@@ -479,17 +483,18 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
     kept: list[Chunk] = []
     row = 0
     staged_any = False
+    staging_local = staging is not None and filesystem(staging)[2]
     for f, uri in enumerate(uris):
         kind = _sniff(uri)
         read, read_kind = uri, kind
-        fs, inner, _ = filesystem(uri)
+        fs, inner, local = filesystem(uri)
         try:
             size = fs.get_file_info(inner).size
             if kind == "arrow-stream":
                 _check_stream_end(uri)
             schema, it = _open_batches(uri, kind, names)
             _check_schema(uri, schema, columns)
-            if kind == "parquet" and staging is not None:
+            if staging is not None and (kind == "parquet" or (not local and staging_local)):
                 read, read_kind = _stage_name(staging, f, uri), "arrow-file"
                 if not staged_any:
                     sfs, sinner, _ = filesystem(staging)

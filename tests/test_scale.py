@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import collections
 import json
 import logging
 
@@ -153,6 +154,31 @@ def test_uri_inputs_and_output_through_a_pyarrow_filesystem(tmp_path, four_files
     m2 = pack_dataset(f"file://{tmp_path}/sub", f"file://{tmp_path}/again", config=CONFIG, progress=False)
     assert [f["path"] for f in m2["input"]["files"]] == [f"file://{tmp_path}/sub/{f.name}" for f in files]
     assert _shards(tmp_path / "again")[1] == dl
+
+
+def test_remote_inputs_are_read_once_for_a_local_output(tmp_path, four_files, monkeypatch):
+    # under a global plan nearly every shard needs nearly every input batch: remote inputs are staged into the
+    # local staging folder during the scan, so each crosses the "network" once whatever the number of shards
+    files, _, _ = four_files
+    pack_dataset(files, tmp_path / "local", config=CONFIG, progress=False)
+    real_fs = reader.filesystem
+    monkeypatch.setattr(reader, "filesystem", lambda p: real_fs(p)[:2] + (real_fs(p)[2] and "://" not in str(p),))
+    opened = collections.Counter()
+    for name in ("_open_source", "_open_batches"):
+        def counting(uri, *args, _real=getattr(reader, name), **kwargs):
+            if str(uri).startswith("file://"):
+                opened[uri] += 1
+            return _real(uri, *args, **kwargs)
+
+        monkeypatch.setattr(reader, name, counting)
+    uris = [f"file://{f}" for f in files]
+    m = pack_dataset(uris, tmp_path / "out", config=CONFIG, progress=False)
+    assert len(m["shards"]) > 10
+    # the scan opens each file once (an Arrow file counts twice: _open_batches opens it through _open_source)
+    assert sorted(opened) == sorted(uris) and max(opened.values()) <= 2, opened
+    (ml, dl), (mr, dr) = _shards(tmp_path / "local"), _shards(tmp_path / "out")
+    assert dl == dr and ml["shards"] == mr["shards"] and ml["stats"] == mr["stats"]
+    assert not list(tmp_path.glob(f"{fmt.TMP_DIR_PREFIX}*"))  # the staging folder is gone
 
 
 def test_one_progress_bar_counts_every_token(tmp_path, four_files, monkeypatch):
