@@ -251,12 +251,22 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="tok", unit_scale=True, desc="packing", disable=not enabled, leave=False)
 
 
-def _staging_for(output: str) -> str:
-    """A fresh staging folder beside ``output`` (for Parquet inputs converted to Arrow); removed at the end."""
+def _staging_for(output: str, engine: str) -> str:
+    """A fresh staging folder (for Parquet inputs converted to Arrow, and remote inputs copied); removed at the end.
+
+    Beside ``output`` when that is local (same filesystem), or when Ray tasks, which may run on other machines,
+    must read it. Otherwise (a remote output, packed by this machine's processes) in the system's temporary
+    folder (``TMPDIR``), so that the shard jobs memory-map local copies instead of reading the inputs remotely once
+    per shard.
+    """
+    import tempfile
     import uuid
 
-    parent, name = (output.rstrip("/").rsplit("/", 1) if is_uri(output)
-                    else (str(Path(output).resolve().parent), Path(output).name))
+    if is_uri(output) and not filesystem(output)[2] and engine != "ray":
+        parent, name = tempfile.gettempdir(), output.rstrip("/").rsplit("/", 1)[-1]
+    else:
+        parent, name = (output.rstrip("/").rsplit("/", 1) if is_uri(output)
+                        else (str(Path(output).resolve().parent), Path(output).name))
     return f"{parent}/{fmt.TMP_DIR_PREFIX}stage-{name}-{uuid.uuid4().hex[:12]}"
 
 
@@ -319,7 +329,7 @@ def pack_dataset(
     output = str(output)
     timings: dict[str, float] = {}
     t_start = t = time.perf_counter()
-    staging = _staging_for(output)
+    staging = _staging_for(output, engine)
     try:
         catalog = scan_inputs(inputs, columns=config.columns, staging=staging)
         fingerprint = input_fingerprint(catalog)

@@ -5,6 +5,7 @@ import builtins
 import collections
 import json
 import logging
+import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pytest
 
 from packer import PackerError
 from packer import format as fmt
-from packer import kernels, reader
+from packer import convert, kernels, reader
 from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
 from packer.reader import Columns
@@ -156,13 +157,23 @@ def test_uri_inputs_and_output_through_a_pyarrow_filesystem(tmp_path, four_files
     assert _shards(tmp_path / "again")[1] == dl
 
 
-def test_remote_inputs_are_read_once_for_a_local_output(tmp_path, four_files, monkeypatch):
-    # under a global plan nearly every shard needs nearly every input batch: remote inputs are staged into the
-    # local staging folder during the scan, so each crosses the "network" once whatever the number of shards
+@pytest.mark.parametrize("output", ["local", "remote"])
+def test_remote_inputs_are_read_once(tmp_path, four_files, monkeypatch, output):
+    # under a global plan nearly every shard needs nearly every input batch: remote inputs are staged into a local
+    # staging folder during the scan (beside a local output; in TMPDIR for a remote one), so each crosses the
+    # "network" once whatever the number of shards
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     files, _, _ = four_files
     pack_dataset(files, tmp_path / "local", config=CONFIG, progress=False)
     real_fs = reader.filesystem
-    monkeypatch.setattr(reader, "filesystem", lambda p: real_fs(p)[:2] + (real_fs(p)[2] and "://" not in str(p),))
+    def remote(p):  # file:// URIs read through pyarrow's filesystem API, like an object store
+        fs, inner, local = real_fs(p)
+        return fs, inner, local and "://" not in str(p)
+
+    monkeypatch.setattr(reader, "filesystem", remote)
+    monkeypatch.setattr(convert, "filesystem", remote)
     opened = collections.Counter()
     for name in ("_open_source", "_open_batches"):
         def counting(uri, *args, _real=getattr(reader, name), **kwargs):
@@ -172,13 +183,14 @@ def test_remote_inputs_are_read_once_for_a_local_output(tmp_path, four_files, mo
 
         monkeypatch.setattr(reader, name, counting)
     uris = [f"file://{f}" for f in files]
-    m = pack_dataset(uris, tmp_path / "out", config=CONFIG, progress=False)
+    out = tmp_path / "out" if output == "local" else f"file://{tmp_path}/out"
+    m = pack_dataset(uris, out, config=CONFIG, progress=False)
     assert len(m["shards"]) > 10
     # the scan opens each file once (an Arrow file counts twice: _open_batches opens it through _open_source)
     assert sorted(opened) == sorted(uris) and max(opened.values()) <= 2, opened
     (ml, dl), (mr, dr) = _shards(tmp_path / "local"), _shards(tmp_path / "out")
     assert dl == dr and ml["shards"] == mr["shards"] and ml["stats"] == mr["stats"]
-    assert not list(tmp_path.glob(f"{fmt.TMP_DIR_PREFIX}*"))  # the staging folder is gone
+    assert not list(tmp_path.glob(f"{fmt.TMP_DIR_PREFIX}*")) and not list((tmp_path / "tmp").iterdir())
 
 
 def test_one_progress_bar_counts_every_token(tmp_path, four_files, monkeypatch):
