@@ -219,7 +219,7 @@ def _roundtrip(obj):
 def test_slot_flags_follow_the_received_tensors():
     # the receiving side alone: a slot is busy while any tensor of its batch lives, free after
     storage = torch.UntypedStorage(_transport._HEADER + _transport.SLOTS * 4096)
-    array = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+    array = _transport._byte_array(storage)
     array[:] = 0
     array[3] = 1
     layout = [("a", (0, torch.int64, (4,)), None), ("b", (64, torch.int32, (2, 2)), None), ("c", None, 7)]

@@ -75,6 +75,11 @@ def _reduce_for_queue(batch: PackedBatch):
 ForkingPickler.register(PackedBatch, _reduce_for_queue)
 
 
+def _byte_array(storage) -> np.ndarray:
+    """A uint8 numpy array over a torch storage's bytes (no copy)."""
+    return torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+
+
 class _Arena:
     """Worker side: one shared-memory storage of ``_HEADER`` flag bytes and ``SLOTS`` slots of ``slot_size``."""
 
@@ -84,7 +89,7 @@ class _Arena:
         self.slot_size = slot_size
         self.nbytes = _HEADER + SLOTS * slot_size
         self.storage = torch.UntypedStorage._new_shared(self.nbytes)
-        self.array = torch.empty(0, dtype=torch.uint8).set_(self.storage).numpy()
+        self.array = _byte_array(self.storage)
         self.array[:_HEADER] = 0
         self.flags = self.array[:SLOTS]
         self.key = f"{os.getpid()}-{next(self._serial)}-{os.urandom(6).hex()}"
@@ -122,7 +127,7 @@ def _take_slot(nbytes: int) -> tuple[_Arena, int] | None:
 
 def _ship(batch: PackedBatch):
     """The reduce tuple that sends ``batch`` through an arena slot; None to leave it to torch's transport."""
-    layout, placed, total = [], {}, 0
+    layout, placed, unique, total = [], {}, [], 0  # unique: (spec, tensor) once per tensor object
     for key, value in batch.items():
         if not isinstance(value, torch.Tensor):
             layout.append((key, None, value))
@@ -137,8 +142,9 @@ def _ship(batch: PackedBatch):
         spec = placed.get(id(value))
         if spec is None:
             spec = placed[id(value)] = (total, value.dtype, tuple(value.shape))
+            unique.append((spec, value))
             total += -(-value.numel() * value.element_size() // _ALIGN) * _ALIGN
-        layout.append((key, spec, value))
+        layout.append((key, spec, None))
     taken = _take_slot(total)
     if taken is None:
         return None
@@ -146,12 +152,7 @@ def _ship(batch: PackedBatch):
     start = _HEADER + slot * arena.slot_size
     region = arena.array[start : start + arena.slot_size]
     try:
-        copied = set()
-        for _key, spec, value in layout:
-            if spec is None or id(value) in copied:
-                continue
-            copied.add(id(value))
-            offset, dtype, shape = spec
+        for (offset, dtype, shape), value in unique:
             nbytes = value.numel() * value.element_size()
             np_dtype = _NUMPY.get(dtype)
             if np_dtype is not None and not value.is_neg() and not value.is_conj():
@@ -161,7 +162,6 @@ def _ship(batch: PackedBatch):
     except Exception:
         arena.flags[slot] = 0
         return None
-    layout = [(key, spec, None if spec is not None else value) for key, spec, value in layout]
     # the arena's descriptor goes along until the receiver says it has mapped it
     first = None if arena.array[_ATTACHED] else arena.storage
     return (_rebuild_slot, (arena.key, os.getpid(), first, slot, arena.slot_size, layout))
@@ -175,7 +175,7 @@ def _attach(key: str, pid: int, storage) -> np.ndarray:
     for old, (p, _) in list(_attached.items()):  # a copy: pin-memory threads of two loaders may attach at once
         if p != pid and not _alive(p):
             _attached.pop(old, None)  # a finished worker's arena; batches still held keep their slots mapped
-    array = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+    array = _byte_array(storage)
     _attached[key] = (pid, array)
     array[_ATTACHED] = 1
     return array

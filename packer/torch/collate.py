@@ -151,9 +151,12 @@ def _stacked_rows(items: list[dict]) -> torch.Tensor | None:
     for r, key in enumerate(_TOKEN_KEYS):
         for j, it in enumerate(items):
             t = it[key]
-            if t.data_ptr() != base + (r * b + j) * length * size or t.dtype != dtype or t.shape != first.shape:
-                return None
-            if t.stride() != (1,):
+            if (
+                t.data_ptr() != base + (r * b + j) * length * size
+                or t.dtype != dtype
+                or t.shape != first.shape
+                or t.stride() != (1,)
+            ):
                 return None
     origin = first.storage_offset()
     if first.untyped_storage().nbytes() < (origin + 3 * b * length) * size:
