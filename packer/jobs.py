@@ -250,6 +250,7 @@ class UriWriter:
         assert before_publish is None, "verify a local copy of a URI output"
         manifest = dict(manifest)
         manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
+        manifest = fmt.seal_manifest(manifest)  # as PackedWriter.finish: readers check the manifest's checksum
         fingerprint = manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer")
         for name, obj in ((fmt.HF_INFO_FILE, hf_info()), (fmt.HF_STATE_FILE, hf_state(self.shards, fingerprint)),
                           (fmt.MANIFEST_FILE, manifest)):

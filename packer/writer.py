@@ -11,7 +11,11 @@ unsupported it falls back to two renames (old aside, new into place); a kill bet
 microseconds, leaves no output, and the next run cleans up both folders.
 
 A lock file ``.<name>.lock`` next to the output (``fcntl.flock``, released by the kernel when the process dies)
-serialises runs into the same output: the second one fails at once with a clear message.
+serialises runs into the same output: the second one fails at once with a clear message. The holder deletes the
+lock file before it lets go of the lock, so no ``.lock`` file stays behind after a run, finished or refused (a
+killed run leaves one, which the next run reuses). A run that opened the file just before the holder deleted it
+would lock a file nobody else can see; so after locking, each run checks that the path still names the file it
+locked, and otherwise starts over (the usual protocol for deletable lock files).
 """
 from __future__ import annotations
 
@@ -186,7 +190,6 @@ class PackedWriter:
         self.shards: list[ShardInfo | None] = [None] * n_shards
         self.tmp: Path | None = None
         self._lock_fd: int | None = None
-        self._done = False
 
     @property
     def lock_path(self) -> Path:
@@ -195,18 +198,27 @@ class PackedWriter:
     def _acquire_lock(self) -> None:
         import fcntl
 
-        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise PackerError(
-                    f"{self.output}: another packer run is writing this output right now; wait for it or choose "
-                    "another --output"
-                ) from None
-            raise
-        self._lock_fd = fd
+        while True:
+            fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise PackerError(
+                        f"{self.output}: another packer run is writing this output right now; wait for it or "
+                        "choose another --output"
+                    ) from None
+                raise
+            try:
+                current = os.stat(self.lock_path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                self._lock_fd = fd
+                return
+            os.close(fd)  # the previous holder deleted the file we locked: lock the one the path names now
 
     def _remove_stale_tmp(self) -> None:
         # Exactly this output's temp and trash folders: a plain prefix match on ".packer-tmp-out-" would also
@@ -265,6 +277,10 @@ class PackedWriter:
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
+            try:
+                os.unlink(self.lock_path)  # while still holding the lock: see the module docstring
+            except OSError:
+                pass
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -315,7 +331,6 @@ class PackedWriter:
         except OSError as e:
             raise PackerError(f"{self.output}: could not finish writing ({e.strerror or e})") from None
         self.tmp = None
-        self._done = True
         return manifest
 
     def _publish(self) -> None:

@@ -155,3 +155,15 @@ def test_glob_and_folder_inputs(tmp_path, capsys):
         check_packed(tmp_path / out, rows, None, capacity=8, overflow="drop")
     assert main(["pack", str(tmp_path / "zzz*.parquet"), "-o", str(tmp_path / "c")]) == 2
     assert "matches no file" in capsys.readouterr().err
+
+
+def test_verbosity_flags_before_or_after_the_subcommand():
+    from packer.cli import build_parser
+
+    parser = build_parser()
+    for argv, quiet, verbose in ((["-q", "stats", "p"], True, False), (["stats", "-q", "p"], True, False),
+                                 (["stats", "p", "--verbose"], False, True), (["stats", "p"], False, False)):
+        args = parser.parse_args(argv)
+        assert (args.quiet, args.verbose) == (quiet, verbose), argv
+    r = run_cli("-q", "stats", "nowhere", "-v")
+    assert r.returncode == 2 and "exclude each other" in r.stderr

@@ -185,6 +185,40 @@ def test_second_writer_fails_while_the_first_holds_the_lock(tmp_path):
     assert not out.exists() and not _tmp_dirs(tmp_path)
 
 
+def test_no_lock_file_is_left_behind(tmp_path, small_input):
+    out = tmp_path / "out"
+    pack_dataset(small_input, out, config=CFG, progress=False)
+    with pytest.raises(PackerError, match="already exists"):  # a refused run (another config: not a rerun)
+        pack_dataset(small_input, out, config=PackConfig(capacity=80, columns=CFG.columns), progress=False)
+    pack_dataset(small_input, out, config=CFG, progress=False, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.arrow", "out"]
+
+
+def test_a_lock_file_deleted_by_its_holder_is_not_trusted(tmp_path, monkeypatch):
+    """A run that locked the lock file just before the holder deleted it must notice and lock the new file."""
+    out = tmp_path / "out"
+    first = PackedWriter(out, n_shards=1)
+    lock = first.lock_path
+    stale = os.open(lock, os.O_CREAT | os.O_RDWR)  # opened, as a second run would, before the holder's unlink
+    os.unlink(lock)
+    real_open = os.open
+
+    def open_stale_once(path, *args, **kwargs):
+        nonlocal stale
+        if stale is not None and os.fspath(path) == os.fspath(lock):
+            fd, stale = stale, None
+            return fd
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_stale_once)
+    with first:  # got the stale inode first, saw the path name nothing (or another file), retried on the path
+        assert os.fstat(first._lock_fd).st_ino == os.stat(lock).st_ino
+        with pytest.raises(PackerError, match="another packer run is writing this output"):
+            with PackedWriter(out, n_shards=1):
+                pass
+    assert not lock.exists()
+
+
 def test_concurrent_cli_runs_one_wins(big_input, tmp_path):
     """Two conversions with different seeds into one output at once: exactly one succeeds, the other exits 2
     with a clear message, and the output is the winner's, complete and verifying."""

@@ -146,6 +146,11 @@ def test_uri_inputs_and_output_through_a_pyarrow_filesystem(tmp_path, four_files
     assert m["input"]["files"][0]["path"] == uris[0]
     (ml, dl), (mr, dr) = _shards(tmp_path / "local"), _shards(tmp_path / "remote")
     assert dl == dr and ml["shards"] == mr["shards"] and ml["stats"] == mr["stats"]
+    # one writer's manifest: sealed like a local output's, and equal to it apart from the input paths and timings
+    assert fmt.check_manifest_checksum(mr, tmp_path / "remote" / fmt.MANIFEST_FILE)
+    same = [k for k in ml if k not in (fmt.MANIFEST_INPUT, fmt.MANIFEST_RUN, fmt.MANIFEST_CHECKSUM)]
+    assert sorted(ml) == sorted(mr) and all(ml[k] == mr[k] for k in same), same
+    assert ml["input"]["fingerprint"] == mr["input"]["fingerprint"]
     with pytest.raises(PackerError, match="already exists"):
         pack_dataset(uris, out, config=CONFIG, progress=False)
     # a folder URI finds its files in sorted order

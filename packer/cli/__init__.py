@@ -29,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'packer COMMAND --help' for a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"packer {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbosity(parser, default=False)
+    # -q/-v also after the subcommand (`packer pack -q ...`), where users put them; SUPPRESS keeps a flag given
+    # before the subcommand from being reset by the subparser's default
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         p = sub.add_parser(
@@ -39,10 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
             help=module.HELP,
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, default) -> None:
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=default,
+                           help="only errors: no progress bar, no summary")
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -70,6 +80,8 @@ def _configure_logging(level: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("-q/--quiet and -v/--verbose exclude each other")
     _configure_logging(logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args._run(args) or 0)
