@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 ENGINES = {
     "local": "this machine: --workers processes gather and write shards (1: in this process)",
-    "ray": "Ray tasks on a local Ray instance, or on the cluster at --ray-address (pip install 'packer[ray]')",
+    "ray": "Ray tasks on a local Ray instance, or on the cluster at --ray-address (pip install 'packer-llm[ray]')",
 }
 DEFAULT_ENGINE = "local"
-RAY_INSTALL = "pip install 'packer[ray]' (or pip install 'ray>=2.9')"
+RAY_INSTALL = "pip install 'packer-llm[ray]' (or pip install 'ray>=2.9')"
 
 
 def check_engine(engine: str, workers: int) -> None:

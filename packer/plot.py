@@ -1,6 +1,6 @@
 """The report's picture: length histogram with the capacity marked, pack fill, sequences per pack.
 
-matplotlib is an optional extra (``pip install 'packer[plot]'``) and is imported only when a plot is drawn. The
+matplotlib is an optional extra (``pip install 'packer-llm[plot]'``) and is imported only when a plot is drawn. The
 figure is drawn on an explicit Agg canvas (``matplotlib.backends.backend_agg``), never through ``pyplot``: no
 global backend switch, no display needed, nothing left open.
 """
@@ -15,7 +15,7 @@ from packer.errors import PackerError
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'packer[plot]'  (or: pip install matplotlib)"
+INSTALL_HINT = "pip install 'packer-llm[plot]'  (or: pip install matplotlib)"
 
 
 def require_matplotlib() -> None:

@@ -1,7 +1,7 @@
 """Shared pieces of the Hugging Face transformers tests: a tiny causal LM, per-sequence references, a CPU
 stand-in for the flash-attn varlen kernel.
 
-transformers is an optional extra (``pip install packer[hf]``); the test module skips without it.
+transformers is an optional extra (``pip install packer-llm[hf]``); the test module skips without it.
 """
 from __future__ import annotations
 

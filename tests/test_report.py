@@ -380,7 +380,7 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch, caps
     png = tmp_path / "report.png"
     assert main(["report", str(SAMPLE), "--plot", str(png)]) == 2
     err = capsys.readouterr().err
-    assert "pip install 'packer[plot]'" in err
+    assert "pip install 'packer-llm[plot]'" in err
     assert not png.exists()
 
 

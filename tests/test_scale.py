@@ -247,7 +247,7 @@ def test_engine_ray_without_ray_says_how_to_install(tmp_path, four_files, monkey
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     assert main(["pack", str(four_files[0][0]), "-o", str(tmp_path / "o"), "--engine", "ray"]) == 2
-    assert "pip install 'packer[ray]'" in capsys.readouterr().err
+    assert "pip install 'packer-llm[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

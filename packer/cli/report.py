@@ -112,7 +112,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="print only the recommended configuration block (in --config-format)")
     out.add_argument("--plot", metavar="FILE.png",
                      help="also draw the length histogram, pack fill and sequences per pack (needs matplotlib: "
-                     "pip install 'packer[plot]')")
+                     "pip install 'packer-llm[plot]')")
 
 
 def _setup(args) -> TrainingSetup:

@@ -11,6 +11,14 @@ is the real torch.
   reusable shared-memory slots.
 * :func:`block_causal_mask`, :func:`flex_block_mask`, :func:`varlen_attention` (``attention.py``).
 """
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as e:  # raised here, with the fix, rather than from deep inside a submodule
+    raise ImportError(
+        "packer.torch needs PyTorch, which the command line and packer's Python API do not: install it with "
+        "pip install 'packer-llm[torch]' (or pip install torch)"
+    ) from e
+
 from packer.torch.attention import block_causal_mask, flex_block_mask, segment_ids, varlen_attention
 from packer.torch.collate import FLASH_ATTN_KEYS, HF_KEYS, PackedCollator, collate_packed
 from packer.torch.dataset import PackedDataset

@@ -1,0 +1,33 @@
+"""The command line and packer's Python API work without torch; ``packer.torch`` says which extra to install.
+
+Each case runs in a fresh interpreter in which ``import torch`` fails, as on a machine where only
+``pip install packer-llm`` ran (torch is the ``torch`` extra).
+"""
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+NO_TORCH = "import sys; sys.modules['torch'] = None\n"  # `import torch` then raises ImportError
+
+
+def run_without_torch(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH + code], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+def test_every_command_runs_without_torch(tmp_path, samples_dir):
+    out = tmp_path / "packed"
+    commands = [["pack", str(samples_dir), "-o", str(out), "-q"], ["stats", str(out)],
+                ["verify", str(out), "--input", str(samples_dir)], ["report", str(out)]]
+    code = "from packer.cli import main\n" + "".join(
+        f"assert main({argv!r}) == 0, {argv!r}\n" for argv in commands
+    ) + "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+    r = run_without_torch(code)
+    assert r.returncode == 0, r.stderr
+
+
+def test_packer_torch_without_torch_names_the_extra():
+    r = run_without_torch("import packer\ntry:\n    import packer.torch\nexcept ImportError as e:\n    print(e)\n")
+    assert r.returncode == 0, r.stderr
+    assert "pip install 'packer-llm[torch]'" in r.stdout
