@@ -31,3 +31,18 @@ def test_packer_torch_without_torch_names_the_extra():
     r = run_without_torch("import packer\ntry:\n    import packer.torch\nexcept ImportError as e:\n    print(e)\n")
     assert r.returncode == 0, r.stderr
     assert "pip install 'packer-llm[torch]'" in r.stdout
+
+
+def test_public_api_from_the_top_level_loads_lazily():
+    r = run_without_torch(
+        "import packer\n"
+        "assert 'packer.convert' not in sys.modules and 'pyarrow' not in sys.modules\n"
+        "for name in packer.__all__:\n"
+        "    assert getattr(packer, name) is not None, name\n"
+        "from packer import pack_dataset, PackConfig, Columns, verify_packed, PackedReader\n"
+        "from packer.convert import pack_dataset as direct\n"
+        "assert pack_dataset is direct\n"
+        "try:\n    packer.nope\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "has no attribute 'nope'" in r.stdout
