@@ -8,7 +8,6 @@ the per-sequence plan arrays plus at most ``2 * workers`` shards in flight; see 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -21,24 +20,18 @@ import pyarrow as pa
 
 from packer import __version__
 from packer import format as fmt
-from packer import kernels
 from packer.errors import PackerError
-from packer.plan import (
-    DEFAULT_OVERFLOW,
-    DEFAULT_STRATEGY,
-    DEFAULT_FILLER,
-    PackPlan,
-    Segments,
-)
+from packer.plan import DEFAULT_FILLER, DEFAULT_OVERFLOW, DEFAULT_STRATEGY
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
 from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, UriWriter, iter_jobs, make_plan
-from packer.reader import Columns, TokenizedInput, filesystem, is_uri, scan_inputs
+from packer.reader import Columns, TokenizedInput, filesystem, input_fingerprint, is_uri, scan_inputs
+from packer.shards import INT32_MAX
 from packer.stats import compute_stats
-from packer.writer import PackedWriter, shard_table
+from packer.verify import verify_packed
+from packer.writer import PackedWriter
 
 log = logging.getLogger(__name__)
 
-INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -83,137 +76,6 @@ class PackConfig:
         return d
 
 
-def input_fingerprint(inp: TokenizedInput) -> str:
-    """sha256 over each file's name, size and row count and over all row lengths.
-
-    Cheap (no token data is read) yet it changes whenever rows are added, removed, reordered across files or
-    resized; ``packer verify --input`` compares the tokens themselves.
-    """
-    h = hashlib.sha256()
-    for f in inp.files:
-        h.update(f"{os.path.basename(f.name)}\0{int(f.rows)}\0{int(f.bytes)}\n".encode())
-    h.update(np.ascontiguousarray(inp.lengths, dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
-class ShardBuffers:
-    """Output token and label buffers that successive shards reuse.
-
-    Fresh 80 MB arrays per shard cost a page fault and a zeroing per 4 KiB page, measured at a third of the gather
-    time on the reference set. A buffer set must not be reused before the shard built in it has been written.
-    """
-
-    def __init__(self):
-        self._ids = np.empty(0, dtype=np.int32)
-        self._labels = np.empty(0, dtype=np.int32)
-
-    def take(self, total: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._ids.shape[0] < total:
-            self._ids = np.empty(total, dtype=np.int32)
-            self._labels = np.empty(total, dtype=np.int32)
-        return self._ids[:total], self._labels[:total]
-
-
-class _Gatherer:
-    """Copies the tokens of a run of packs out of the memory-mapped inputs into flat int32 arrays."""
-
-    def __init__(self, inp: TokenizedInput, segments: Segments, *, buffers: ShardBuffers | None = None):
-        self.inp = inp
-        self.segments = segments
-        self.chunk_starts = inp.chunk_row_starts()
-        self._buffers = buffers if buffers is not None else ShardBuffers()
-
-    def _where(self, rows: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.chunk_starts, rows, side="right") - 1
-
-    def gather(self, seg: np.ndarray):
-        """Tokens and labels (int32, boundary labels not yet masked) of segments ``seg`` laid back to back.
-
-        The returned arrays are views of buffers that the next call overwrites: write them out first.
-        """
-        segs = self.segments
-        rows = segs.row[seg]
-        lens = segs.length[seg].astype(np.int64)
-        dst = np.zeros(seg.shape[0], dtype=np.int64)
-        np.cumsum(lens[:-1], out=dst[1:])
-        total = int(lens.sum())
-        ids, labels = self._buffers.take(total)
-        chunk_of = self._where(rows)
-        # in input order: chunks come one after the other (one open batch at a time for remote inputs) and
-        # memory-mapped reads move forward through each file, which lets the kernel's readahead help
-        by_chunk = np.argsort(rows, kind="stable")
-        bounds = np.flatnonzero(np.diff(chunk_of[by_chunk])) + 1
-        mode = "labels" if self.inp.columns.labels else "mask" if self.inp.columns.loss_mask else "ids"
-        for group in np.split(by_chunk, bounds) if seg.shape[0] else []:
-            c = int(chunk_of[group[0]])
-            chunk = self.inp.chunks[c]
-            src = chunk.offsets[rows[group] - chunk.row_start] + segs.start[seg[group]]
-            lo, hi = kernels.gather(chunk.ids, src, lens[group], dst[group], ids)
-            if lo < 0 or hi > INT32_MAX:
-                self._bad_token(chunk, rows[group], src, lens[group], self.inp.columns.input_ids, ok=(0, INT32_MAX))
-            if mode == "labels":
-                lo, hi = kernels.gather(chunk.labels, src, lens[group], dst[group], labels)
-                if lo < fmt.IGNORE_INDEX or hi > INT32_MAX:
-                    self._bad_token(chunk, rows[group], src, lens[group], self.inp.columns.labels,
-                                    ok=(fmt.IGNORE_INDEX, INT32_MAX))
-            elif mode == "mask":
-                lo, hi = kernels.gather(chunk.mask, src, lens[group], dst[group], labels)
-                if lo < 0 or hi > 1:
-                    self._bad_token(chunk, rows[group], src, lens[group], self.inp.columns.loss_mask, ok=(0, 1))
-        if mode == "ids":
-            labels[:] = ids
-        elif mode == "mask":
-            np.copyto(labels, np.where(labels != 0, ids, np.int32(fmt.IGNORE_INDEX)).astype(np.int32))
-        else:
-            bad = kernels.first_not_label(labels, fmt.IGNORE_INDEX)
-            if bad >= 0:
-                k = int(np.searchsorted(dst, bad, side="right") - 1)
-                path, local = self.inp.locate(int(rows[k]))
-                raise PackerError(
-                    f"{path}: column {self.inp.columns.labels!r} row {local} holds {int(labels[bad])}, a negative "
-                    f"label other than {fmt.IGNORE_INDEX}; use {fmt.IGNORE_INDEX} for tokens that are not trained on"
-                )
-        return ids, labels, lens, dst
-
-    def _bad_token(self, chunk, rows, src, lens, column, *, ok):
-        values = chunk.ids if column == self.inp.columns.input_ids else (
-            chunk.labels if chunk.labels is not None else chunk.mask)
-        for r, s, n in zip(rows, src, lens):
-            v = values[s : s + n]  # native dtype: an int64 cast would show uint64 ids above 2**63 as negative
-            out = (v < ok[0]) | (v > ok[1])
-            if out.any():
-                path, local = self.inp.locate(int(r))
-                bad = int(v[int(np.argmax(out))])
-                raise PackerError(
-                    f"{path}: column {column!r} row {local} holds {bad}, outside [{ok[0]}, {ok[1]:,}]; "
-                    "token ids must be non-negative and fit int32"
-                    if column == self.inp.columns.input_ids
-                    else f"{path}: column {column!r} row {local} holds {bad}, outside [{ok[0]}, {ok[1]:,}]"
-                )
-        raise AssertionError("gather reported an out-of-range value that the rescan did not find")
-
-
-def build_shard(gatherer: _Gatherer, plan: PackPlan, p0: int, p1: int):
-    """The table of packs ``p0:p1`` and its number of label tokens."""
-    m0, m1 = int(plan.pack_offsets[p0]), int(plan.pack_offsets[p1])
-    seg = plan.members[m0:m1]
-    ids, labels, lens, dst = gatherer.gather(seg)
-    labels[dst] = fmt.IGNORE_INDEX  # no sequence is trained to predict the first token of the next one
-    seq_offsets = plan.pack_offsets[p0 : p1 + 1] - m0
-    token_offsets = np.zeros(p1 - p0 + 1, dtype=np.int64)
-    np.cumsum(plan.pack_tokens[p0:p1], out=token_offsets[1:])
-    table = shard_table(
-        input_ids=ids,
-        labels=labels,
-        token_offsets=token_offsets,
-        seq_lengths=lens.astype(np.int32),
-        seq_offsets=seq_offsets,
-        seq_index=gatherer.segments.row[seg],
-        seq_start=gatherer.segments.start[seg],
-    )
-    return table, int(np.count_nonzero(labels != fmt.IGNORE_INDEX))
-
-
 def _already_packed(output, config: PackConfig, fingerprint: str) -> dict | None:
     """The manifest of ``output`` if it was packed from this input with this config, else None."""
     if not os.path.isdir(output) or not os.path.isfile(os.path.join(output, fmt.MANIFEST_FILE)):
@@ -231,8 +93,6 @@ def _already_packed(output, config: PackConfig, fingerprint: str) -> dict | None
 
 
 def _verify_or_raise(folder, inp: TokenizedInput | list[str], *, published: bool = False) -> None:
-    from packer.verify import verify_packed
-
     report = verify_packed(folder, inputs=inp)
     if report.ok:
         log.info("%s", report.summary())

@@ -16,6 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolE
 
 from packer.errors import PackerError
 from packer.jobs import ShardJob, ShardResult, build_job_table, run_shard_job, write_job_table
+from packer.shards import ShardBuffers
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ def _run_pipelined(jobs: Iterable[ShardJob], on_result) -> None:
     """One process, two stages: this thread gathers shard k+1 while a writer thread hashes, writes and fsyncs
     shard k. The gather kernel, the checksum and file writes all release the GIL, so the stages overlap; on the full
     reference-like set this took the in-process conversion from 2.3 s to 1.1 s. At most two shards are in memory."""
-    from packer.convert import ShardBuffers  # convert imports this module
-
     # two buffer sets, alternating: shard k is built in set k % 2 only after shard k - 2 has been written
     buffers = (ShardBuffers(), ShardBuffers())
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="packer-writer") as writer:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +22,7 @@ import pyarrow as pa
 from packer import format as fmt
 from packer.plan import PackPlan, Segments, make_segments, plan_packs
 from packer.reader import BatchChunks, Columns, InputFile, TokenizedInput, filesystem, is_uri
+from packer.shards import Gatherer, ShardBuffers, build_shard
 from packer.writer import HashingSink, ShardInfo, shard_info, write_shard_file
 
 PLANS = {
@@ -150,22 +150,17 @@ def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, sh
         )
 
 
-def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, int]:
+def build_job_table(job: ShardJob, *, buffers: ShardBuffers | None = None) -> tuple[pa.Table, int]:
     """The shard's table and its number of label tokens (the same table for the same job, in any process).
 
-    ``buffers`` (a :class:`packer.convert.ShardBuffers`) lets successive jobs reuse their output arrays; the
-    table is a view of them until it has been written.
+    ``buffers`` lets successive jobs reuse their output arrays; the table is a view of them until it has been
+    written.
     """
-    from packer.convert import _Gatherer, build_shard  # convert imports this module
-
     # only the batches this job reads, opened on demand
     inp = TokenizedInput(files=list(job.files), columns=job.columns, batches=job.chunks,
                          chunks=BatchChunks(job.files, job.columns, job.chunks))
-    m = job.row.shape[0]
-    segments = SimpleNamespace(row=job.row, start=job.start, length=job.length)
-    plan = SimpleNamespace(members=np.arange(m, dtype=np.int64), pack_offsets=job.pack_offsets,
-                           pack_tokens=job.pack_tokens)
-    return build_shard(_Gatherer(inp, segments, buffers=buffers), plan, 0, job.pack_tokens.shape[0])
+    return build_shard(Gatherer(inp, buffers=buffers), job.row, job.start, job.length, job.pack_offsets,
+                       job.pack_tokens)
 
 
 def run_shard_job(job: ShardJob) -> ShardResult:

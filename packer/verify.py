@@ -31,7 +31,7 @@ import pyarrow as pa
 from packer import format as fmt
 from packer.errors import PackerError
 from packer.plan import OVERFLOW_POLICIES
-from packer.reader import Columns, TokenizedInput, open_input, resolve_paths
+from packer.reader import Columns, TokenizedInput, input_fingerprint, open_input, resolve_paths
 
 log = logging.getLogger(__name__)
 
@@ -856,7 +856,6 @@ def _check_counts(stats: dict, seq: dict, totals: dict, label_tokens: int, col: 
 
 def _check_input(manifest: dict, cfg: dict, inp: TokenizedInput, col: _Collector) -> dict:
     """Input rows and fingerprint against the manifest, and the statistics recomputed from the input."""
-    from packer.convert import input_fingerprint
 
     col.ran.update(("input", "coverage"))
     lengths = inp.lengths

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from packer import convert
+from packer import jobs
 from packer import format as fmt
 from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
@@ -197,15 +197,15 @@ def test_cli_exit_codes(packed, capsys):
 
 def test_pack_verify_flag_catches_a_converter_bug(tmp_path, monkeypatch):
     src = write_stream(rows_table([5, 9, 3, 7, 2], labels=True), tmp_path / "in.arrow")
-    real = convert.build_shard
+    real = jobs.build_shard
 
-    def buggy(gatherer, plan, p0, p1):
-        table, n = real(gatherer, plan, p0, p1)
+    def buggy(*args):
+        table, n = real(*args)
         rows = table.to_pylist()
         rows[0]["input_ids"][-1] += 1  # a converter that corrupts one token
         return pa.Table.from_pylist(rows, schema=fmt.SCHEMA), n
 
-    monkeypatch.setattr(convert, "build_shard", buggy)
+    monkeypatch.setattr(jobs, "build_shard", buggy)
     cfg = PackConfig(capacity=16, columns=Columns(labels="labels"))
     with pytest.raises(PackerError, match="verification failed"):
         pack_dataset(src, tmp_path / "out", config=cfg, progress=False, verify=True)

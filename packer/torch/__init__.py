@@ -7,8 +7,6 @@ is the real torch.
 * :class:`PackedCollator` (``collate.py``): batches with flash-attn varlen and Hugging Face padding-free keys.
 * :class:`PackSampler` (``sampler.py``): per-epoch deterministic, duplicate-free, attention-balanced and resumable
   distributed sampling.
-* :class:`PackedBatch` (``_transport.py``): the dict type of items and batches; DataLoader workers ship it through
-  reusable shared-memory slots.
 * :func:`block_causal_mask`, :func:`flex_block_mask`, :func:`varlen_attention` (``attention.py``).
 """
 try:
@@ -23,14 +21,12 @@ from packer.torch.attention import block_causal_mask, flex_block_mask, segment_i
 from packer.torch.collate import FLASH_ATTN_KEYS, HF_KEYS, PackedCollator, collate_packed
 from packer.torch.dataset import PackedDataset
 from packer.torch.sampler import Imbalance, PackSampler
-from packer.torch._transport import PackedBatch
 
 __all__ = [
     "FLASH_ATTN_KEYS",
     "HF_KEYS",
     "Imbalance",
     "PackSampler",
-    "PackedBatch",
     "PackedCollator",
     "PackedDataset",
     "block_causal_mask",

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 
 from packer.errors import PackerError
-from packer.torch._transport import PackedBatch
 
 HF_KEYS = ("input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
            "use_cache")
@@ -78,13 +77,13 @@ class PackedCollator:
         if self.keys not in KEY_SETS:
             raise PackerError(f"keys must be one of {', '.join(KEY_SETS)}; got {self.keys!r}")
 
-    def __call__(self, items: list[dict]) -> PackedBatch:
+    def __call__(self, items: list[dict]) -> dict:
         if not items:
             raise PackerError("cannot collate an empty batch")
         if len(items) == 1:
             # views of the item's own tensors, nothing copied: 2.6 us against 6.5 us for the general path
             item = items[0]
-            batch = PackedBatch(input_ids=item["input_ids"][None], labels=item["labels"][None],
+            batch = dict(input_ids=item["input_ids"][None], labels=item["labels"][None],
                                 position_ids=item["position_ids"][None])
             self._add_boundaries(batch, item["cu_seqlens"], int(item["max_seqlen"]))
             if self.keys == "all":
@@ -110,7 +109,7 @@ class PackedCollator:
                     torch.cat([it[k] for it in items], out=buf[r, 0])
                 else:
                     torch.stack([it[k] for it in items], out=buf[r])
-        batch = PackedBatch(zip(_TOKEN_KEYS, buf.unbind(0)))
+        batch = dict(zip(_TOKEN_KEYS, buf.unbind(0)))
         # the packs' boundaries shifted by the tokens before them, over the flattened batch
         parts, offset = [np.zeros(1, dtype=np.int32)], 0
         for it, n in zip(items, lengths):
@@ -124,7 +123,7 @@ class PackedCollator:
             batch["index"] = torch.from_numpy(np.array([int(it["index"]) for it in items], dtype=np.int64))
         return batch
 
-    def _add_boundaries(self, batch: PackedBatch, cu: torch.Tensor, max_seqlen: int) -> None:
+    def _add_boundaries(self, batch: dict, cu: torch.Tensor, max_seqlen: int) -> None:
         if self.keys in ("all", "flash_attn"):
             batch["cu_seqlens"] = cu
             batch["max_seqlen"] = max_seqlen

@@ -43,7 +43,6 @@ from packer import format as fmt
 from packer import kernels
 from packer.errors import PackerError
 from packer.packed_reader import PackedReader
-from packer.torch._transport import PackedBatch
 
 
 class PackedDataset(Dataset):
@@ -117,7 +116,7 @@ class PackedDataset(Dataset):
         """Real tokens per pack, int64 (len(self),)."""
         return self.reader.num_tokens()
 
-    def __getitem__(self, index: int) -> PackedBatch:
+    def __getitem__(self, index: int) -> dict:
         index = int(index)
         ids, labels, cu = self.reader.pack(index)
         rows = np.empty((3, self.capacity if self.pad else ids.shape[0]), dtype=self._np_dtype)
@@ -126,7 +125,7 @@ class PackedDataset(Dataset):
         return self._fill(index, ids, labels, cu, (r0, r1, r2), (torch.from_numpy(r0), torch.from_numpy(r1),
                                                                    torch.from_numpy(r2)))
 
-    def __getitems__(self, indices: list[int]) -> list[PackedBatch]:
+    def __getitems__(self, indices: list[int]) -> list[dict]:
         """Several packs at once; ``DataLoader`` calls this with each batch's indices.
 
         With ``pad=True`` the packs are written into one (3, B, capacity) buffer, laid out as
@@ -145,7 +144,7 @@ class PackedDataset(Dataset):
             items.append(self._fill(index, ids, labels, cu, tuple(rows[:, j]), tuple(v[j] for v in views)))
         return items
 
-    def _fill(self, index: int, ids, labels, cu, rows: tuple, tensors: tuple) -> PackedBatch:
+    def _fill(self, index: int, ids, labels, cu, rows: tuple, tensors: tuple) -> dict:
         """The item of pack ``index``: its stored lists written into ``rows`` (three (length,) arrays), which
         ``tensors`` view."""
         n = ids.shape[0]
@@ -166,7 +165,7 @@ class PackedDataset(Dataset):
                 f"{self.reader.shard_paths[s]}: row {row}, sequence {bad} has a trained label at its first token; "
                 "not packer output, re-run 'packer pack'"
             )
-        return PackedBatch(
+        return dict(
             input_ids=tensors[0],
             labels=tensors[1],
             position_ids=tensors[2],

@@ -1,0 +1,83 @@
+"""The package's imports flow one way: no module of ``packer`` imports, at any depth and from any place in its
+code (a function body included), a module that imports it back."""
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "packer"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each packer module -> the packer modules it imports anywhere in its source."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+                # `from packer import kernels` imports the module packer.kernels; `from packer import x` the package
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            deps.update(t for t in targets if t in modules and t != name)
+        graph[name] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state and (cycle := visit(d)):
+                return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_inside_packer():
+    graph = import_graph()
+    assert {"packer.convert", "packer.jobs", "packer.engines", "packer.shards"} <= set(graph)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_lower_layers_never_import_upper_ones():
+    graph = import_graph()
+    lower = {"packer.kernels", "packer.plan", "packer.format", "packer.reader", "packer.writer", "packer.shards",
+             "packer.packed_reader", "packer.stats"}
+    upper = {"packer.convert", "packer.cli", "packer.verify", "packer.report"} | {m for m in graph if m.startswith(
+        ("packer.torch", "packer.cli"))}
+    for m in lower:
+        assert not graph[m] & upper, (m, graph[m] & upper)
+    # only the torch layer itself imports the torch layer
+    for m, deps in graph.items():
+        if not m.startswith("packer.torch"):
+            assert not any(d.startswith("packer.torch") for d in deps), m
