@@ -23,7 +23,7 @@ from packer import format as fmt
 from packer.errors import PackerError
 from packer.plan import DEFAULT_FILLER, DEFAULT_OVERFLOW, DEFAULT_STRATEGY
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
-from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, UriWriter, iter_jobs, make_plan
+from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, iter_jobs, make_plan
 from packer.reader import Columns, TokenizedInput, filesystem, input_fingerprint, is_uri, scan_inputs
 from packer.shards import INT32_MAX
 from packer.stats import compute_stats
@@ -220,10 +220,9 @@ def pack_dataset(
 
         t = time.perf_counter()
         n_shards = math.ceil(plan.n_packs / config.shard_size)
-        Writer = UriWriter if is_uri(output) else PackedWriter
         label_tokens = 0
         phase = {"gather": 0.0, "write": 0.0}
-        with Writer(output, n_shards=n_shards, overwrite=overwrite) as writer, _progress(plan.tokens, progress) as bar:
+        with PackedWriter(output, n_shards=n_shards, overwrite=overwrite) as writer, _progress(plan.tokens, progress) as bar:
             def on_result(r: ShardResult) -> None:
                 nonlocal label_tokens
                 writer.add_shard(r.index, r.info)

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from packer import format as fmt
 from packer.plan import PackPlan, Segments, make_segments, plan_packs
-from packer.reader import BatchChunks, Columns, InputFile, TokenizedInput, filesystem, is_uri
+from packer.reader import BatchChunks, Columns, InputFile, TokenizedInput
 from packer.shards import Gatherer, ShardBuffers, build_shard
-from packer.writer import HashingSink, ShardInfo, shard_info, write_shard_file
+from packer.writer import ShardInfo, write_shard
 
 PLANS = {
     "global": "one plan over the whole dataset: the fewest packs (default)",
@@ -173,83 +172,6 @@ def run_shard_job(job: ShardJob) -> ShardResult:
 def write_job_table(job: ShardJob, table: pa.Table, n_labels: int, *, gather_s: float) -> ShardResult:
     """Write a built shard table (the second half of :func:`run_shard_job`; safe to run in another thread)."""
     t1 = time.perf_counter()
-    name = fmt.shard_name(job.index, job.n_shards)
-    if is_uri(job.dest):
-        info = write_shard_uri(f"{job.dest.rstrip('/')}/{name}", table)
-    else:
-        info = write_shard_file(Path(job.dest) / name, table)
+    info = write_shard(job.dest, fmt.shard_name(job.index, job.n_shards), table)
     return ShardResult(index=job.index, info=info, label_tokens=n_labels, tokens=job.tokens,
                        gather_s=gather_s, write_s=time.perf_counter() - t1)
-
-
-def write_shard_uri(uri: str, table: pa.Table) -> ShardInfo:
-    """Write one shard through a pyarrow filesystem (object stores); same bytes as :func:`write_shard_file`."""
-    from packer.errors import PackerError
-
-    fs, inner, _ = filesystem(uri)
-    try:
-        with fs.open_output_stream(inner) as out:
-            sink = HashingSink(out)
-            with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
-                w.write_table(table)
-    except (OSError, pa.ArrowException) as e:
-        raise PackerError(f"{uri}: write failed ({e}); check the URI and its permissions") from None
-    return shard_info(uri.rsplit("/", 1)[-1], table, sink.tell(), sink.hexdigest())
-
-
-class UriWriter:
-    """The :class:`packer.writer.PackedWriter` of an output given as a URI (object stores have no atomic rename).
-
-    Shards are written straight into the output folder and the manifest last, so a folder without
-    :data:`packer.format.MANIFEST_FILE` is incomplete; an error removes what was written.
-    """
-
-    def __init__(self, output: str, *, n_shards: int, overwrite: bool = False):
-        self.output = output.rstrip("/")
-        self.fs, self.inner, _ = filesystem(self.output)
-        self.n_shards = n_shards
-        self.overwrite = overwrite
-        self.shards: list[ShardInfo | None] = [None] * n_shards
-        self.tmp = self.output
-        self._done = False
-
-    def __enter__(self) -> "UriWriter":
-        from packer.errors import PackerError
-        import pyarrow.fs as pafs
-
-        if self.fs.get_file_info(self.inner).type != pafs.FileType.NotFound:
-            if not self.overwrite:
-                raise PackerError(f"{self.output}: already exists; pass --overwrite to replace it")
-            self.fs.delete_dir_contents(self.inner, missing_dir_ok=True)
-        self.fs.create_dir(self.inner, recursive=True)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._done:
-            try:
-                self.fs.delete_dir(self.inner)
-            except (OSError, pa.ArrowException):
-                pass
-
-    def add_shard(self, index: int, info: ShardInfo) -> ShardInfo:
-        self.shards[index] = info
-        return info
-
-    def finish(self, manifest: dict, *, before_publish=None) -> dict:
-        """Write the manifest and the ``datasets`` files (``before_publish`` is for local outputs only)."""
-        import json
-        from dataclasses import asdict
-
-        from packer.writer import hf_info, hf_state
-
-        assert before_publish is None, "verify a local copy of a URI output"
-        manifest = dict(manifest)
-        manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
-        manifest = fmt.seal_manifest(manifest)  # as PackedWriter.finish: readers check the manifest's checksum
-        fingerprint = manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer")
-        for name, obj in ((fmt.HF_INFO_FILE, hf_info()), (fmt.HF_STATE_FILE, hf_state(self.shards, fingerprint)),
-                          (fmt.MANIFEST_FILE, manifest)):
-            with self.fs.open_output_stream(f"{self.inner}/{name}") as out:
-                out.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-        self._done = True
-        return manifest

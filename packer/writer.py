@@ -1,4 +1,6 @@
-"""Writing a packed folder: shards into a hidden temporary sibling folder, manifest last, one rename into place.
+"""Writing a packed folder, local or remote: the one writer of the format.
+
+A local output gets its shards in a hidden temporary sibling folder, the manifest last, and one rename into place.
 
 A reader therefore sees either no folder or a complete one: the manifest (:data:`packer.format.MANIFEST_FILE`) is
 written after every shard has been flushed and fsynced, and the folder only gets its final name by an atomic
@@ -16,6 +18,11 @@ lock file before it lets go of the lock, so no ``.lock`` file stays behind after
 killed run leaves one, which the next run reuses). A run that opened the file just before the holder deleted it
 would lock a file nobody else can see; so after locking, each run checks that the path still names the file it
 locked, and otherwise starts over (the usual protocol for deletable lock files).
+
+An output given as a URI (``s3://...``, ``file://...``) goes through a pyarrow filesystem: object stores have no
+atomic rename, so shards are written straight into the output folder and the manifest last (a folder without
+:data:`packer.format.MANIFEST_FILE` is incomplete), and an error removes what was written. Both kinds get the same
+finish: the sealed manifest and the ``datasets`` files.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import pyarrow.compute as pc
 
 from packer import format as fmt
 from packer.errors import PackerError
+from packer.reader import filesystem, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +148,27 @@ def shard_info(name: str, table: pa.Table, nbytes: int, checksum: str) -> ShardI
     )
 
 
-def write_shard_file(path: Path, table: pa.Table) -> ShardInfo:
-    """Write one shard file (an Arrow IPC stream of :data:`packer.format.SCHEMA`), hashing while writing; fsync."""
-    path = Path(path)
+def write_shard(folder: str | os.PathLike, name: str, table: pa.Table) -> ShardInfo:
+    """Write shard file ``name`` into ``folder`` (a local path, fsynced, or a URI), hashing while writing.
+
+    The file is an Arrow IPC stream of :data:`packer.format.SCHEMA`; the bytes are the same for both kinds of
+    destination.
+
+    Raises:
+        PackerError: the write failed (the message names the file).
+    """
+    if is_uri(folder):
+        uri = f"{str(folder).rstrip('/')}/{name}"
+        fs, inner, _ = filesystem(uri)
+        try:
+            with fs.open_output_stream(inner) as out:
+                sink = HashingSink(out)
+                with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
+                    w.write_table(table)
+        except (OSError, pa.ArrowException) as e:
+            raise PackerError(f"{uri}: write failed ({e}); check the URI and its permissions") from None
+        return shard_info(name, table, sink.tell(), sink.hexdigest())
+    path = Path(folder) / name
     try:
         with open(path, "wb") as fh:
             sink = HashingSink(fh)
@@ -153,7 +179,7 @@ def write_shard_file(path: Path, table: pa.Table) -> ShardInfo:
     except (OSError, pa.ArrowException) as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise PackerError(f"{path}: write failed ({reason}); check free space and permissions") from None
-    return shard_info(path.name, table, sink.tell(), sink.hexdigest())
+    return shard_info(name, table, sink.tell(), sink.hexdigest())
 
 
 def hf_state(shards: list[ShardInfo], fingerprint: str) -> dict:
@@ -175,7 +201,13 @@ def hf_info() -> dict:
 
 
 class PackedWriter:
-    """Context manager that writes a packed folder atomically.
+    """Context manager that writes a packed folder: atomically for a local path, manifest last for a URI (see the
+    module docstring).
+
+    Attributes:
+        tmp: where shards go while the folder is written (a local temporary folder, or the output URI itself);
+            shard jobs write there with :func:`write_shard`.
+        shards: each shard's :class:`ShardInfo` once written.
 
     Example:
         >>> with PackedWriter("out", n_shards=2) as w:           # doctest: +SKIP
@@ -184,12 +216,14 @@ class PackedWriter:
     """
 
     def __init__(self, output: str | os.PathLike, *, n_shards: int, overwrite: bool = False):
-        self.output = Path(output)
+        self.remote = is_uri(output)
+        self.output = str(output).rstrip("/") if self.remote else Path(output)
         self.n_shards = n_shards
         self.overwrite = overwrite
         self.shards: list[ShardInfo | None] = [None] * n_shards
-        self.tmp: Path | None = None
+        self.tmp: Path | str | None = None
         self._lock_fd: int | None = None
+        self._published = False
 
     @property
     def lock_path(self) -> Path:
@@ -245,6 +279,8 @@ class PackedWriter:
             )
 
     def __enter__(self) -> "PackedWriter":
+        if self.remote:
+            return self._enter_remote()
         if not self.output.name or self.output.name in (".", ".."):
             raise PackerError(f"{self.output}: not a usable output folder name; pass e.g. --output packed/")
         parent = self.output.parent
@@ -275,6 +311,18 @@ class PackedWriter:
             raise
         return self
 
+    def _enter_remote(self) -> "PackedWriter":
+        import pyarrow.fs as pafs
+
+        fs, inner, _ = filesystem(self.output)
+        if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+            if not self.overwrite:
+                raise PackerError(f"{self.output}: already exists; pass --overwrite to replace it")
+            fs.delete_dir_contents(inner, missing_dir_ok=True)
+        fs.create_dir(inner, recursive=True)
+        self.tmp = self.output
+        return self
+
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
             try:
@@ -285,14 +333,22 @@ class PackedWriter:
             self._lock_fd = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.remote:
+            if self.tmp is not None and not self._published:  # an incomplete remote folder is removed
+                fs, inner, _ = filesystem(self.output)
+                try:
+                    fs.delete_dir(inner)
+                except (OSError, pa.ArrowException):
+                    pass
+            return
         if self.tmp is not None and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
         self._release_lock()
 
     def write_shard(self, index: int, table: pa.Table) -> ShardInfo:
-        """Write shard ``index`` (an Arrow IPC stream, readable memory-mapped) and fsync it."""
+        """Write shard ``index`` (an Arrow IPC stream, readable memory-mapped; fsynced when local)."""
         assert self.tmp is not None, "use PackedWriter as a context manager"
-        return self.add_shard(index, write_shard_file(self.tmp / fmt.shard_name(index, self.n_shards), table))
+        return self.add_shard(index, write_shard(self.tmp, fmt.shard_name(index, self.n_shards), table))
 
     def add_shard(self, index: int, info: ShardInfo) -> ShardInfo:
         """Record shard ``index`` written into :attr:`tmp` by someone else (a worker process, a Ray task)."""
@@ -306,9 +362,13 @@ class PackedWriter:
             manifest: the manifest without its ``shards`` entry and its checksum (both added here:
                 :func:`packer.format.seal_manifest`).
             before_publish: called with the complete temporary folder just before it takes the output's name
-                (``packer pack --verify`` verifies there); an exception from it leaves no output.
+                (``packer pack --verify`` verifies there); an exception from it leaves no output. Local outputs
+                only.
         """
         assert self.tmp is not None
+        if self.remote and before_publish is not None:
+            raise PackerError("verification reads the output through a local path; verify a local copy of a URI "
+                              "output with 'packer verify'")
         missing = [i for i, s in enumerate(self.shards) if s is None]
         if missing:
             raise RuntimeError(f"shard {missing[0]} was never written")
@@ -321,9 +381,13 @@ class PackedWriter:
                 fmt.HF_STATE_FILE, hf_state(self.shards, manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer"))
             )
             self._write_json(fmt.MANIFEST_FILE, manifest)
-            _fsync_dir(self.tmp)
-        except OSError as e:
-            raise PackerError(f"{self.output}: could not finish writing ({e.strerror or e})") from None
+            if not self.remote:
+                _fsync_dir(self.tmp)
+        except (OSError, pa.ArrowException) as e:
+            raise PackerError(f"{self.output}: could not finish writing ({getattr(e, 'strerror', None) or e})") from None
+        if self.remote:
+            self._published = True
+            return manifest
         if before_publish is not None:
             before_publish(self.tmp)
         try:
@@ -352,10 +416,14 @@ class PackedWriter:
         _fsync_dir(self.output.parent)
 
     def _write_json(self, name: str, obj: dict) -> None:
-        path = self.tmp / name
-        with open(path, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+        text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+        if self.remote:
+            fs, inner, _ = filesystem(f"{self.tmp}/{name}")
+            with fs.open_output_stream(inner) as out:
+                out.write(text.encode())
+            return
+        with open(self.tmp / name, "w") as fh:
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
 
