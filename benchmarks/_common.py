@@ -69,7 +69,7 @@ def full_reference_set() -> Path:
     """The 99,388-row reference-like set (about 133M tokens with labels), made once (what `make data-full` makes)."""
     path = REPO / "data_samples" / "reference_full"
     if not (path / "state.json").exists():
-        from packer.synthetic import REFERENCE_ROWS, write_reference_like
+        from data_samples.synthetic import REFERENCE_ROWS, write_reference_like
 
         print(f"writing {path} (once) ...", flush=True)
         write_reference_like(path, rows=REFERENCE_ROWS, seed=0, num_shards=4)

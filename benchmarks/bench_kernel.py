@@ -19,7 +19,7 @@ from _common import REPO, median_time
 import numpy as np
 
 from packer.plan import STRATEGIES, make_segments, plan_packs
-from packer.synthetic import reference_like_lengths
+from data_samples.synthetic import reference_like_lengths
 
 FIRST_CALL = """
 import time, numpy as np

@@ -34,7 +34,7 @@ def build_data(rows: int) -> Path:
     """Pack ``rows`` reference-like rows once into benchmarks/_data/ (an Arrow file: no ``datasets`` needed)."""
     from packer.convert import PackConfig, pack_dataset
     from packer.reader import Columns
-    from packer.synthetic import reference_like_lengths, reference_like_table
+    from data_samples.synthetic import reference_like_lengths, reference_like_table
 
     root = HERE / "_data"
     src, out = root / f"loader_input_{rows}.arrow", root / f"loader_packed_{rows}"

@@ -35,14 +35,14 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from packer.synthetic import reference_like_lengths  # noqa: E402
+from data_samples.synthetic import reference_like_lengths  # noqa: E402
 
 
 def kernel(n: int) -> None:
     code = f"""
 import resource, time, numpy as np
 from packer.plan import make_segments, plan_packs
-from packer.synthetic import reference_like_lengths
+from data_samples.synthetic import reference_like_lengths
 plan_packs(np.array([3, 2], dtype=np.int32), capacity=5, strategy="mixed")   # compile
 lengths = reference_like_lengths({n})
 for strategy in ("bfd", "mixed"):

@@ -4,7 +4,7 @@
     python data_samples/make_samples.py --full          # the full 99,388-row set: data_samples/reference_full
                                                         # (about 133M tokens, 1 GB; not committed)
 
-Lengths: log-normal, sigma 1.0, mean 1,334 (see packer.synthetic). The committed sample adds two rows from the
+Lengths: log-normal, sigma 1.0, mean 1,334 (see data_samples/synthetic.py). The committed sample adds two rows from the
 tail past 20,000 tokens so that every overflow policy has something to do.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from packer.synthetic import REFERENCE_ROWS, write_reference_like  # noqa: E402
+from data_samples.synthetic import REFERENCE_ROWS, write_reference_like  # noqa: E402
 
 log = logging.getLogger("make_samples")
 

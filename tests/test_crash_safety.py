@@ -18,7 +18,7 @@ from packer import writer as writer_mod
 from packer.convert import PackConfig, pack_dataset
 from packer.errors import PackerError
 from packer.reader import Columns
-from packer.synthetic import reference_like_lengths, reference_like_table
+from data_samples.synthetic import reference_like_lengths, reference_like_table
 from packer.verify import verify_packed
 from packer.writer import PackedWriter
 from tests._verify_helpers import rows_table, write_stream

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from packer import PackerError
 from packer.plan import OVERFLOW_POLICIES, STRATEGIES, make_segments, plan_packs
-from packer.synthetic import reference_like_lengths
+from data_samples.synthetic import reference_like_lengths
 from tests import reference as ref
 
 

@@ -36,7 +36,7 @@ from packer.report import (
     report_from_packed,
     simulate_padding,
 )
-from packer.synthetic import REFERENCE_ROWS, reference_like_lengths
+from data_samples.synthetic import REFERENCE_ROWS, reference_like_lengths
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data_samples" / "reference_like"
 REFERENCE_SETUP = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4, padding_batch_size=2,

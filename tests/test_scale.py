@@ -116,7 +116,7 @@ def test_grouped_plan_keeps_every_invariant_and_costs_at_most_a_pack_per_group(t
 @pytest.mark.parametrize("strategy", ["bfd", "mixed"])
 def test_grouping_costs_at_most_one_pack_per_group_on_reference_like_data(strategy):
     from packer.jobs import make_plan
-    from packer.synthetic import reference_like_lengths
+    from data_samples.synthetic import reference_like_lengths
 
     lengths = reference_like_lengths(39_980, seed=2, tail=20)
     file_rows = np.full(8, 5_000)
