@@ -86,12 +86,11 @@ def _run_pipelined(jobs: Iterable[ShardJob], on_result) -> None:
 
 
 def _context():
-    # forkserver: workers fork from a clean server process (no threads of the parent's tqdm/pyarrow pools), and
-    # the server imports packer once instead of once per worker as spawn would
+    # forkserver: workers fork from a clean server process (no threads of the parent's tqdm/pyarrow pools). No
+    # set_forkserver_preload: the forkserver is one per process, so a preload would change every later user's
+    # workers too; each worker imports packer.jobs itself when it unpickles its first job (once per worker).
     if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["packer.jobs"])
-        return ctx
+        return mp.get_context("forkserver")
     return mp.get_context("spawn")
 
 

@@ -46,3 +46,21 @@ def test_public_api_from_the_top_level_loads_lazily():
     )
     assert r.returncode == 0, r.stderr
     assert "has no attribute 'nope'" in r.stdout
+
+
+def test_packing_with_worker_processes_leaves_the_process_as_it_was(tmp_path, samples_dir):
+    """No process-wide setting changes: the forkserver's preload list and the picklers' reducers stay as they were
+    (torch, numpy and numba register their own on import: they are imported before the baseline)."""
+    r = subprocess.run([sys.executable, "-c", (
+        "import multiprocessing.forkserver as fs, copyreg, sys\n"
+        "import numpy, numba, pyarrow, torch, torch.utils.data  # their own registrations, made before the baseline\n"
+        "from multiprocessing.reduction import ForkingPickler\n"
+        "before = (list(fs._forkserver._preload_modules), dict(ForkingPickler._extra_reducers), "
+        "dict(copyreg.dispatch_table))\n"
+        "from packer.convert import pack_dataset\n"
+        "import packer.torch\n"
+        f"pack_dataset({str(samples_dir)!r}, {str(tmp_path / 'out')!r}, workers=2, progress=False)\n"
+        "after = (list(fs._forkserver._preload_modules), dict(ForkingPickler._extra_reducers), "
+        "dict(copyreg.dispatch_table))\n"
+        "assert before == after, (before, after)\n")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
