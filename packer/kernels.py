@@ -1,7 +1,9 @@
 """Numba bin-packing kernels: flat int arrays in, flat int arrays out, no validation, no I/O.
 
-The public, validating entry point is :func:`packer.plan.plan_packs`. Every kernel here has a slow
-pure-Python twin in ``tests/reference.py`` that the tests compare it with on random inputs.
+The public, validating entry point is :func:`packer.plan.plan_packs`. The planning kernels (``sort_desc``,
+``sorted_desc_lengths``, ``best_fit``, ``first_fit``, ``group_by_pack``) and the copy kernels (``gather``,
+``first_not_label``) have slow pure-Python twins in ``tests/reference.py`` that the tests compare them with on random
+inputs; ``fill_padded_pack`` is compared with the per-sequence expectation in ``tests/test_torch_dataset.py``.
 
 Notation: ``n`` sequences with lengths ``1 <= lengths[i] <= capacity``; a *pack* (bin) holds sequences whose
 lengths sum to at most ``capacity``. Packs are numbered in the order they are opened.
@@ -259,21 +261,25 @@ def gather(values, src, lengths, dst, out):
 
     The min/max let the caller reject token ids that do not fit ``out``'s dtype. They are taken from the copied
     segment while it is still in L1 cache, in a loop of its own: a single fused copy-and-compare loop does not
-    vectorise and measured 3x slower. An empty gather returns ``(0, 0)``. Releases the GIL.
+    vectorise and measured 3x slower. A gather that copies nothing (no segments, or only empty ones) returns
+    ``(0, 0)``, and an empty segment reads nothing, not even at its start. Releases the GIL.
     """
     lo = np.int64(0)
     hi = np.int64(0)
-    if src.shape[0] > 0:
-        lo = np.int64(values[src[0]])
-        hi = lo
+    seen = False
     for k in range(src.shape[0]):
         s = src[k]
         n = lengths[k]
+        if n == 0:
+            continue
         seg = values[s : s + n]
-        seg_lo = seg.min() if n > 0 else lo
-        seg_hi = seg.max() if n > 0 else hi
-        lo = min(lo, np.int64(seg_lo))
-        hi = max(hi, np.int64(seg_hi))
+        seg_lo = np.int64(seg.min())
+        seg_hi = np.int64(seg.max())
+        if seen:
+            lo = min(lo, seg_lo)
+            hi = max(hi, seg_hi)
+        else:
+            lo, hi, seen = seg_lo, seg_hi, True
         d = dst[k]
         out[d : d + n] = seg
     return lo, hi

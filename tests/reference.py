@@ -82,3 +82,34 @@ def segments(lengths, *, capacity, overflow) -> list[tuple[int, int, int]]:
             for start in range(0, n, capacity):
                 out.append((row, start, min(capacity, n - start)))
     return out
+
+
+def group_by_pack(slot_pack, order, slot_lengths, n_packs):
+    """``(pack_ids, members, pack_offsets, pack_tokens)`` as lists: members grouped by pack, placement order kept."""
+    by_pack = [[] for _ in range(n_packs)]
+    tokens = [0] * n_packs
+    pack_ids = [0] * len(order)
+    for p, i, n in zip(slot_pack, order, slot_lengths):
+        by_pack[p].append(int(i))
+        tokens[p] += int(n)
+        pack_ids[int(i)] = int(p)
+    offsets = [0]
+    for members in by_pack:
+        offsets.append(offsets[-1] + len(members))
+    return pack_ids, [i for members in by_pack for i in members], offsets, tokens
+
+
+def gather(values, src, lengths, dst, out_len):
+    """``(out, lo, hi)``: the copied segments laid out at ``dst`` in a fresh list of ``out_len`` zeros, and the
+    smallest and largest value copied ((0, 0) when nothing is copied)."""
+    out = [0] * out_len
+    copied = []
+    for s, n, d in zip(src, lengths, dst):
+        seg = [int(v) for v in values[s : s + n]]
+        out[d : d + n] = seg
+        copied += seg
+    return out, (min(copied) if copied else 0), (max(copied) if copied else 0)
+
+
+def first_not_label(labels, ignore_index) -> int:
+    return next((i for i, v in enumerate(labels) if v < 0 and v != ignore_index), -1)

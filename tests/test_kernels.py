@@ -91,3 +91,46 @@ def test_gather_copies_and_reports_range():
     assert (lo, hi) == (-5, 51)
     empty = np.zeros(0, dtype=np.int64)
     assert kernels.gather(values, empty, empty, empty, out) == (0, 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths_and_capacity)
+def test_sorted_desc_lengths_matches_reference(case):
+    lengths, cap = case
+    got = kernels.sorted_desc_lengths(np.asarray(lengths, dtype=np.int32), cap)
+    assert got.tolist() == [lengths[i] for i in ref.sort_desc(lengths)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths_and_capacity, st.integers(0, 2**32 - 1))
+def test_group_by_pack_matches_reference(case, seed):
+    lengths, cap = case
+    lengths = np.asarray(lengths, dtype=np.int32)
+    order = np.random.default_rng(seed).permutation(lengths.shape[0]).astype(np.int64)
+    slot_pack, n = kernels.best_fit(lengths[order], cap)
+    got = kernels.group_by_pack(slot_pack, order, lengths[order], n)
+    want = ref.group_by_pack(slot_pack.tolist(), order.tolist(), lengths[order].tolist(), n)
+    assert [g.tolist() for g in got] == list(want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 10)), max_size=8), st.integers(0, 2**32 - 1))
+def test_gather_matches_reference(spans, seed):
+    """Random source spans (possibly empty, overlapping) copied to disjoint, shuffled destinations."""
+    values = np.random.default_rng(seed).integers(-2**40, 2**40, 60)
+    src = np.array([s for s, _ in spans], dtype=np.int64)
+    lengths = np.array([n for _, n in spans], dtype=np.int64)
+    perm = np.random.default_rng(seed + 1).permutation(len(spans))
+    dst = np.zeros(len(spans), dtype=np.int64)
+    np.cumsum(lengths[perm][:-1], out=dst[perm[1:]]) if len(spans) > 1 else None
+    out = np.zeros(int(lengths.sum()), dtype=np.int64)
+    lo, hi = kernels.gather(values, src, lengths, dst, out)
+    want_out, want_lo, want_hi = ref.gather(values.tolist(), src.tolist(), lengths.tolist(), dst.tolist(), len(out))
+    assert out.tolist() == want_out and (lo, hi) == (want_lo, want_hi)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-102, 5), max_size=30))
+def test_first_not_label_matches_reference(labels):
+    arr = np.asarray(labels, dtype=np.int32)
+    assert kernels.first_not_label(arr, -100) == ref.first_not_label(labels, -100)
