@@ -16,6 +16,7 @@ from tests._report_helpers import (
     REFERENCE_SECTIONS,
     expected_steps,
     png_ok,
+    sampler_loop,
     slow_padding,
     slow_table_rows,
 )
@@ -28,19 +29,21 @@ from packer.report import (
     ModelShape,
     TrainingSetup,
     parse_count,
-    render_config,
-    render_json,
-    render_markdown,
     report_from_input,
     report_from_lengths,
     report_from_packed,
     simulate_padding,
 )
+from packer.report_render import render_config, render_json, render_markdown, render_packer_settings
+from packer.schedule import epoch_schedule, run_counts
 from packer.synthetic import REFERENCE_ROWS, reference_like_lengths
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data_samples" / "reference_like"
 REFERENCE_SETUP = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4, padding_batch_size=2,
                                 packing_batch_size=1)
+# the reference's padding run pads every row whole (its global_max_length is "(dynamic)", no cut)
+REFERENCE_PADDING = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4, padding_batch_size=2,
+                                  packing_batch_size=1, padding_full_rows=True)
 
 
 # ------------------------------------------------------------------ the full reference-like set, from lengths
@@ -54,7 +57,7 @@ def full_lengths():
 
 @pytest.fixture(scope="module")
 def full_report(full_lengths):
-    return report_from_lengths(full_lengths, capacity=20_000, setup=REFERENCE_SETUP)
+    return report_from_lengths(full_lengths, capacity=20_000, setup=REFERENCE_PADDING)
 
 
 def test_full_padding_figures_equal_the_reference(full_report):
@@ -102,17 +105,23 @@ def test_full_packing_figures_come_from_the_plan(full_report, full_lengths):
     assert pack["packing_efficiency"] >= 0.999
     assert 14.5 <= pack["samples_per_pack"] <= 15.5
     assert pack["samples_per_pack"] == pytest.approx(segments.row.shape[0] / plan.n_packs)
-    assert pack["steps_per_epoch"] == plan.n_packs / 128
-    assert pack["total_optimizer_steps"] == expected_steps(plan.n_packs, "4", 128)
+    # PackSampler's schedule: plan.n_packs // 4 packs per GPU, 32 per optimizer step, no step across epochs
+    assert pack["steps_per_epoch"] == -(-(plan.n_packs // 4) // 32)
+    assert pack["total_optimizer_steps"] == 4 * pack["steps_per_epoch"]
     assert pack["samples_per_step"] == pytest.approx(128 * pack["samples_per_pack"])
-    assert pack["total_samples_seen"] == 4 * segments.row.shape[0]
+    assert pack["packs_left_out_per_epoch"] == plan.n_packs % 4
+    if plan.n_packs % 4 == 0:
+        assert pack["total_samples_seen"] == 4 * segments.row.shape[0]
     assert pack["data_loss"] == pytest.approx(segments.dropped_rows / 99_388)
     assert pack["global_max_length"] == 20_000
     # the speed follows the token cost model: real tokens per processed slot, packing over padding
     assert pack["relative_training_speed"] == pytest.approx(
         pack["packing_efficiency"] / full_report.padding["packing_efficiency"])
     assert pack["relative_training_speed"] > 1.3
-    assert full_report.step_ratio == pack["total_optimizer_steps"] / 3_106
+    # the step ratio compares two epoch loops: padding 99,388 / 4 = 24,847 rows per GPU, ceil(24,847 / 32) = 777
+    assert full_report.padding["loop_steps_per_epoch"] == 777
+    assert full_report.padding["loop_total_optimizer_steps"] == 3_108
+    assert full_report.step_ratio == pack["total_optimizer_steps"] / 3_108
 
 
 # ------------------------------------------------------------------ steps, rounding, rescaling
@@ -128,34 +137,38 @@ def test_steps_follow_the_documented_rounding(rows, epochs):
     assert r.padding["total_optimizer_steps"] == expected_steps(rows, epochs, 128)
     packs = r.packing["packs"]
     assert packs == math.ceil(rows / 10)
-    assert r.packing["total_optimizer_steps"] == expected_steps(packs, epochs, 128)
+    # one GPU: every pack every epoch, ceil(packs / 128) steps an epoch, Trainer's max_steps over the run
+    assert r.packing["steps_per_epoch"] == math.ceil(packs / 128)
+    assert r.packing["total_optimizer_steps"] == expected_steps(r.packing["steps_per_epoch"], epochs, 1)
     whole, _, frac = epochs.partition(".")
     seen = rows * int(whole + frac) / 10 ** len(frac)
     assert r.padding["total_samples_seen"] == round(seen)
 
 
 def test_step_settings_are_rescaled_half_up():
-    # 16 padding steps, 2 packing steps: ratio 1/8; 500/8 = 62.5 -> 63 (half up), 4/8 = 0.5 -> 1, 1/8 -> min 1
-    lengths = np.array([1000] * 512, dtype=np.int64)
+    # 2,048 rows of 1,000 tokens on 4 GPUs, 128 per step: 4 padding steps an epoch, 16 in all.
+    # capacity 4,000: 512 packs, 128 per GPU, 4 steps an epoch: ratio 1 (nothing rescaled)
+    # capacity 16,000: 128 packs, 32 per GPU, 1 step an epoch: ratio 1/16; capacity 8,000: 2 steps, ratio 1/8
+    lengths = np.full(2048, 1000, dtype=np.int64)
     setup = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4,
-                          step_settings={"eval_steps": 500, "warmup_steps": 4, "logging_steps": 1})
+                          step_settings={"eval_steps": 10, "warmup_steps": 1, "save_delay_steps": 500})
+    r = report_from_lengths(lengths, capacity=4_000, setup=setup)
+    assert r.padding["loop_total_optimizer_steps"] == r.padding["total_optimizer_steps"] == 64
+    assert r.packing["total_optimizer_steps"] == 16 and r.step_ratio == 16 / 64
     r = report_from_lengths(lengths, capacity=16_000, setup=setup)
-    assert r.padding["total_optimizer_steps"] == 16
-    assert r.packing["packs"] == 32 and r.packing["total_optimizer_steps"] == 1
-    assert r.step_ratio == 1 / 16
-    assert r.recommended_config["eval_steps"] == 31  # 500 / 16 = 31.25
-    assert r.recommended_config["warmup_steps"] == 1
-    assert r.recommended_config["logging_steps"] == 1
-    r = report_from_lengths(np.array([1000] * 512, dtype=np.int64), capacity=8_000, setup=setup)
-    assert r.step_ratio == 2 / 16
-    assert r.recommended_config["eval_steps"] == 63  # 62.5 rounds up
+    assert r.packing["packs"] == 128 and r.packing["total_optimizer_steps"] == 4
+    assert r.step_ratio == 4 / 64
+    assert r.recommended_config["eval_steps"] == 1  # 10 / 16 = 0.625 -> 1
+    assert r.other_step_settings == {"save_delay_steps": 31}  # 500 / 16 = 31.25; not a TrainingArguments field
+    r = report_from_lengths(lengths, capacity=8_000, setup=setup)
+    assert r.step_ratio == 8 / 64
     cfg = json.loads(render_config(r, fmt_name="json"))
-    assert cfg == {"global_max_length": 8000, "per_device_train_batch_size": 1, "effective_batch_size": 128,
-                   "gradient_accumulation_steps": 32, "num_train_epochs": 4, "eval_steps": 63, "warmup_steps": 1,
-                   "logging_steps": 1}
+    assert cfg == {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 32, "num_train_epochs": 4,
+                   "eval_steps": 1, "warmup_steps": 1}  # 1.25 -> 1, 0.125 -> 1 (at least one step)
+    assert r.other_step_settings == {"save_delay_steps": 63}  # 62.5 rounds up
     yaml = render_config(r)
-    assert "\neval_steps: 63  # padding run: 500 x 0.1250" in yaml
-    assert "\nglobal_max_length: 8000\n" in yaml
+    assert "\neval_steps: 1  # padding run: 10 x 0.1250" in yaml
+    assert "step_setting_floored" in {w.code for w in r.warnings}  # warmup 1 x 0.125 is not proportional
 
 
 # ------------------------------------------------------------------ bad options
@@ -304,7 +317,10 @@ def test_cli_tokenized_json_equals_the_library(capsys):
     lib = report_from_input(SAMPLE, capacity=8192, overflow="split", setup=setup)
     assert out == json.loads(render_json(lib))
     lengths = open_input([SAMPLE]).lengths
-    assert out["padding"]["global_max_length"] == int(lengths.max())
+    # the padding run trains the same pieces as the packs hold (finding 3)
+    assert out["padding"]["global_max_length"] == 8192 < int(lengths.max())
+    assert out["padding"]["samples_analyzed"] == out["packing"]["samples_analyzed"]
+    assert out["padding"]["tokens_per_epoch"] == out["packing"]["tokens_per_epoch"] == int(lengths.sum())
     assert out["packing"]["sequences_split"] == int(np.count_nonzero(lengths > 8192))
     assert out["packing"]["data_loss"] == 0.0
     assert out["padding"]["gradient_accumulation_steps"] == 4 and out["packing"]["gradient_accumulation_steps"] == 8
@@ -334,13 +350,19 @@ def test_cli_packed_folder_with_drops(packed_sample, capsys):
     out = json.loads(capsys.readouterr().out)
     ref = report_from_input(SAMPLE, capacity=20_000, overflow="drop", setup=REFERENCE_SETUP)
     assert out["source"]["kind"] == "packed" and out["source"]["lengths_exact"] is False
-    # the packs are read back exactly; only the dropped rows' individual lengths are spread from the totals
+    # the packs are read back exactly, and the padding run trains the same sequences: both columns exact
     assert out["packing"] == json.loads(render_json(ref))["packing"]
+    assert out["padding"] == json.loads(render_json(ref))["padding"]
+    # padding every row whole needs the dropped rows' lengths, which are spread from the manifest's totals
+    full = TrainingSetup(padding_full_rows=True)
+    ref_full = report_from_input(SAMPLE, capacity=20_000, overflow="drop", setup=full)
+    assert main(["report", str(packed_sample["drop"]), "--format", "json", "--padding-full-rows"]) == 0
+    out = json.loads(capsys.readouterr().out)
     for key in ("total_samples", "samples_analyzed", "global_max_length", "avg_sequence_length",
                 "total_optimizer_steps", "tokens_per_epoch", "padding_overhead_global_max"):
-        assert out["padding"][key] == pytest.approx(ref.padding[key]), key
-    assert out["padding"]["padding_overhead"] == pytest.approx(ref.padding["padding_overhead"], abs=0.02)
-    assert main(["report", str(packed_sample["drop"])]) == 0
+        assert out["padding"][key] == pytest.approx(ref_full.padding[key]), key
+    assert out["padding"]["padding_overhead"] == pytest.approx(ref_full.padding["padding_overhead"], abs=0.02)
+    assert main(["report", str(packed_sample["drop"]), "--padding-full-rows"]) == 0
     assert "spread from the manifest's totals" in capsys.readouterr().out
 
 
@@ -395,4 +417,5 @@ def test_cli_config_only(capsys):
     assert main(["report", str(SAMPLE), "--config-only", "--config-format", "json", "--save-steps", "1000"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["per_device_train_batch_size"] == 1 and cfg["gradient_accumulation_steps"] == 32
-    assert cfg["global_max_length"] == 20_000 and 1 <= cfg["save_steps"] < 1000
+    assert 1 <= cfg["save_steps"] < 1000
+    assert "global_max_length" not in cfg and "effective_batch_size" not in cfg  # not TrainingArguments fields
