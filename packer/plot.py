@@ -128,17 +128,18 @@ def _lengths_panel(ax, report) -> None:
     ax.legend(loc="upper right", fontsize="small")
 
 
-def plot_report(report, path: str | os.PathLike, *, dpi: int = 110) -> str:
-    """Draw the three panels of a :class:`packer.report.Report` into a PNG file and return its path.
+def report_figure(report):
+    """The three panels of a :class:`packer.report.Report` as a matplotlib ``Figure`` on an Agg canvas.
+
+    Axes, left to right: token slots per epoch, optimizer steps, input lengths (module docstring).
 
     Raises:
-        PackerError: matplotlib is missing, or the file cannot be written.
+        PackerError: matplotlib is missing.
     """
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    check_plot_path(path)
     fig = Figure(figsize=(16, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2, ax3 = fig.subplots(1, 3, width_ratios=[1, 1, 1.4])
@@ -150,6 +151,18 @@ def plot_report(report, path: str | os.PathLike, *, dpi: int = 110) -> str:
         f" (warnings: {', '.join(w.code for w in report.warnings)})" if report.warnings else "")
     fig.suptitle(f"padding vs packing: packing is {speed:.2f}x the padding throughput "
                  f"({report.cost_model['name']} cost model)\n{verdict}")
+    return fig
+
+
+def plot_report(report, path: str | os.PathLike, *, dpi: int = 110) -> str:
+    """Draw :func:`report_figure` into a PNG file and return its path.
+
+    Raises:
+        PackerError: matplotlib is missing, or the file cannot be written (checked before drawing).
+    """
+    require_matplotlib()
+    check_plot_path(path)
+    fig = report_figure(report)
     try:
         fig.savefig(os.fspath(path), dpi=dpi, format="png")
     except OSError as e:
