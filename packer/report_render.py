@@ -174,7 +174,7 @@ def _takeaways(report) -> list[str]:
         f"3. **Dynamics**: a different notion of \"step\": packing processes {pack['samples_per_pack']:.1f}× more "
         f"samples per optimizer step ({pack['samples_per_step']:,.0f} vs {pad['samples_per_step']:,})",
         f"4. **Equivalence**: {seen} vs {pad['total_samples_seen']:,} sequences seen over "
-        f"{_epochs_text(pad['num_train_epochs'])} epochs ({pack['data_loss']:.2%} of the rows lost to the "
+        f"{_epochs_text(pad['num_train_epochs'])} epoch{'' if pad['num_train_epochs'] == 1 else 's'} ({pack['data_loss']:.2%} of the rows lost to the "
         f"overflow policy), in {steps_x:.1f}× fewer optimizer steps "
         f"({pack['total_optimizer_steps']:,} vs {pad['loop_total_optimizer_steps']:,} as an epoch loop counts them)",
         f"5. **Memory**: a packing micro-batch holds {pack['peak_micro_batch_slots']:,} token slots every step; "
@@ -202,7 +202,7 @@ def _recommendation(report, config_format: str) -> list[str]:
     pad, pack = report.padding, report.packing
     speed = pack["relative_training_speed"]
     if report.use_packing:
-        head = "**Use packing mode**"
+        head = "**Use packing mode** with"
     elif speed > 1:
         head = (f"**Packing is {speed:.2f}× faster here, but not recommended as configured** (see the warnings "
                 "above); if you pack anyway, fix what they say, then use")
