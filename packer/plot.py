@@ -102,7 +102,8 @@ def _steps_panel(ax, report) -> None:
     ax.set_ylim(0, max(steps) * 1.15)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("optimizer steps")
-    ax.set_title(f"optimizer steps over {report.setup.epochs:g} epoch(s), "
+    epochs = report.setup.epochs
+    ax.set_title(f"optimizer steps over {epochs:g} epoch{'' if epochs == 1 else 's'}, "
                  f"effective batch {report.setup.effective_batch_size:,}")
 
 
@@ -114,18 +115,19 @@ def _lengths_panel(ax, report) -> None:
     lo, hi = int(lengths.min()), int(lengths.max())
     bins = np.geomspace(lo, max(hi, lo + 1), 50) if hi > lo else np.array([lo - 0.5, lo + 0.5])
     over = lengths > d.capacity
-    ax.hist([lengths[~over], lengths[over]], bins=bins, stacked=True, color=[_REAL, _OVER],
+    counts, _, _ = ax.hist([lengths[~over], lengths[over]], bins=bins, stacked=True, color=[_REAL, _OVER],
             label=[f"fit ({int((~over).sum()):,} rows)",
                    f"over the capacity, {report.source['overflow']} ({int(over.sum()):,} rows)"])
     if hi > lo:
         ax.set_xscale("log")
     ax.set_xlim(bins[0], bins[-1] if hi > d.capacity else max(bins[-1], d.capacity * 1.05))
     ax.axvline(d.capacity, color=_LOST, linestyle="--", label=f"capacity {d.capacity:,}")
+    ax.set_ylim(0, float(np.max(counts[-1])) * 1.35)  # headroom for the legend
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"input lengths ({lengths.shape[0]:,} rows, {lo:,} to {hi:,} tokens)")
     ax.set_xlabel("tokens per row")
     ax.set_ylabel("rows")
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
 
 
 def report_figure(report):
