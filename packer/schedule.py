@@ -32,12 +32,14 @@ from fractions import Fraction
 
 import numpy as np
 
+from packer.errors import PackerError
+
 REMAINDERS = ("leave_out", "repeat")
 
 
 def _positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise PackerError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -98,23 +100,23 @@ def epoch_schedule(
         remainder: ``"leave_out"`` (``PackSampler``) or ``"repeat"`` (``DistributedSampler``).
 
     Raises:
-        ValueError: a non-positive count, an unknown remainder, or fewer samples than ranks with ``leave_out``.
+        PackerError: a non-positive count, an unknown remainder, or fewer samples than ranks with ``leave_out``.
     """
     world = _positive("world", world)
     batch_size = _positive("batch_size", batch_size)
     grad_accum = _positive("grad_accum", grad_accum)
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 0:
-        raise ValueError(f"samples must be a non-negative integer, got {samples!r}")
+        raise PackerError(f"samples must be a non-negative integer, got {samples!r}")
     samples = int(samples)
     if remainder == "leave_out":
         if samples < world:
-            raise ValueError(f"{samples} samples cannot give each of {world} ranks one; pack more data or use "
+            raise PackerError(f"{samples} samples cannot give each of {world} ranks one; pack more data or use "
                              "fewer ranks")
         per_rank, left_out, repeated = samples // world, samples % world, 0
     elif remainder == "repeat":
         per_rank, left_out, repeated = -(-samples // world), 0, -samples % world
     else:
-        raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
+        raise PackerError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
     micro = -(-per_rank // batch_size)
     steps = -(-micro // grad_accum)
     last = micro - (steps - 1) * grad_accum if steps else 0
@@ -125,11 +127,11 @@ def exact_epochs(epochs) -> Fraction:
     """``epochs`` as an exact fraction of its decimal form (0.1 -> 1/10), > 0.
 
     Raises:
-        ValueError: not a positive finite number.
+        PackerError: not a positive finite number.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, float, np.integer, np.floating)) \
             or not math.isfinite(epochs) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive number, got {epochs!r}")
+        raise PackerError(f"epochs must be a positive number, got {epochs!r}")
     return Fraction(int(epochs)) if float(epochs).is_integer() else Fraction(str(float(epochs)))
 
 

@@ -190,6 +190,9 @@ def test_step_settings_are_rescaled_half_up():
         ({"step_settings": {"eval_steps": 0}}, "eval_steps"),
         ({"step_settings": {"eval steps": 5}}, "identifier"),
         ({"step_settings": [("eval_steps", 5), ("eval_steps", 6)]}, "twice"),
+        ({"sampler_seed": -1}, "--sampler-seed"),
+        ({"loss_warning": 1.5}, "--loss-warning"),
+        ({"padding_full_rows": "yes"}, "padding_full_rows"),
     ],
 )
 def test_bad_setup_is_refused(kwargs, words):
@@ -403,6 +406,11 @@ def test_nothing_to_pack_is_an_error():
         report_from_lengths(np.zeros(5, dtype=np.int64), capacity=10)
     with pytest.raises(PackerError, match="every row was dropped or empty"):
         report_from_lengths(np.array([50, 60]), capacity=10, overflow="drop")
+    # 3 packs cannot feed 4 GPUs: PackSampler refuses it, so the report does too
+    with pytest.raises(PackerError, match="3 packs cannot give each of 4 GPUs one"):
+        report_from_lengths(np.array([10, 10, 10]), capacity=10)
+    with pytest.raises(PackerError, match="cannot give each of 4 ranks one"):
+        epoch_schedule(3, world=4)
 
 
 def test_cli_config_only(capsys):
