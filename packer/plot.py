@@ -1,13 +1,23 @@
-"""The report's picture: length histogram with the capacity marked, pack fill, sequences per pack.
+"""The report's picture: what each mode processes, how many optimizer steps it takes, and the lengths.
 
-matplotlib is an optional extra (``pip install 'packer-llm[plot]'``) and is imported only when a plot is drawn. The
-figure is drawn on an explicit Agg canvas (``matplotlib.backends.backend_agg``), never through ``pyplot``: no
-global backend switch, no display needed, nothing left open.
+Three panels:
+
+1. **Token slots per epoch** for padding and packing, each bar split into real tokens and padding, and a third bar
+   for the tokens the overflow policy lost (trained by neither mode; by the padding mode only with
+   ``padding_full_rows``).
+2. **Optimizer steps** of each run, as an epoch loop counts them (packing: ``PackSampler``).
+3. **Sequence lengths** of the input rows (log-spaced bins from the shortest row to the longest), the capacity
+   marked and the rows over it coloured by what the overflow policy does with them.
+
+Counts get integer ticks; axes start where the data does. matplotlib is an optional extra
+(``pip install 'packer-llm[plot]'``), imported only when a plot is drawn, on an explicit Agg canvas
+(``matplotlib.backends.backend_agg``), never through ``pyplot``: no global backend switch, no display needed.
 """
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +26,7 @@ from packer.errors import PackerError
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'packer-llm[plot]'  (or: pip install matplotlib)"
+_REAL, _PAD, _LOST, _OVER = "#4c72b0", "#dd8452", "#c44e52", "#8c8c8c"
 
 
 def require_matplotlib() -> None:
@@ -28,56 +39,132 @@ def require_matplotlib() -> None:
             from None
 
 
-def plot_report(report, path: str | os.PathLike, *, dpi: int = 110) -> str:
-    """Draw the three panels of a :class:`packer.report.Report` into a PNG file and return its path.
-
-    Panels: (1) input lengths, log-spaced bins, with the capacity and the longest row marked; (2) pack fill
-    (tokens / capacity, %); (3) sequences per pack.
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """Check, before any work, that a PNG can be written at ``path``; return it as a Path.
 
     Raises:
-        PackerError: matplotlib is missing, or the file cannot be written.
+        PackerError: the folder is missing or not writable, or ``path`` is a folder.
+    """
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise PackerError(f"--plot {path}: is a folder; give a file name, e.g. --plot {p / 'report.png'}")
+    if not folder.is_dir():
+        raise PackerError(f"--plot {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise PackerError(f"--plot {path}: cannot write there (permission denied); choose another path")
+    return p
+
+
+def _millions(ax, axis) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(v, _pos):
+        return f"{v / 1e6:,.1f}M" if abs(v) >= 1e6 else f"{v / 1e3:,.0f}k" if abs(v) >= 1e3 else f"{v:,.0f}"
+
+    getattr(ax, f"{axis}axis").set_major_formatter(FuncFormatter(fmt))
+
+
+def _slots_panel(ax, report) -> None:
+    pad, pack = report.padding, report.packing
+    names = ["padding", "packing"]
+    real = np.array([pad["tokens_per_epoch"], pack["tokens_per_epoch"]], dtype=np.float64)
+    padding = np.array([pad["token_slots_per_epoch"], pack["token_slots_per_epoch"]], dtype=np.float64) - real
+    ax.bar(names, real, width=0.6, color=_REAL, label="real tokens")
+    ax.bar(names, padding, width=0.6, bottom=real, color=_PAD, label="padding")
+    for i in range(2):
+        ax.annotate(f"{padding[i] / (real[i] + padding[i]):.1%} padding", (i, real[i] + padding[i]), ha="center",
+                    va="bottom", xytext=(0, 3), textcoords="offset points")
+    lost = pack["tokens_lost"]
+    if lost:
+        who = "packing" if report.setup.padding_full_rows else "either mode"
+        ax.bar([f"lost to --overflow\n{report.source['overflow']}"], [lost], width=0.6, color="white",
+               edgecolor=_LOST, hatch="//", label=f"tokens not trained by {who}")
+        ax.annotate(f"{lost:,} tokens", (2, lost), ha="center", va="bottom", xytext=(0, 3),
+                    textcoords="offset points")
+    ax.set_ylim(0, float((real + padding).max()) * 1.3)
+    _millions(ax, "y")
+    ax.set_ylabel("token slots per epoch")
+    ax.set_title("token slots processed per epoch")
+    ax.legend(loc="upper right", fontsize="small")
+
+
+def _steps_panel(ax, report) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    pad, pack = report.padding, report.packing
+    steps = [pad["loop_total_optimizer_steps"], pack["total_optimizer_steps"]]
+    per_epoch = [pad["loop_steps_per_epoch"], pack["steps_per_epoch"]]
+    bars = ax.bar(["padding", "packing"], steps, color=[_PAD, _REAL])
+    for bar, total, spe in zip(bars, steps, per_epoch):
+        ax.annotate(f"{total:,} ({spe:,} per epoch)", (bar.get_x() + bar.get_width() / 2, total), ha="center",
+                    va="bottom", xytext=(0, 3), textcoords="offset points")
+    ax.set_ylim(0, max(steps) * 1.15)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("optimizer steps")
+    epochs = report.setup.epochs
+    ax.set_title(f"optimizer steps over {epochs:g} epoch{'' if epochs == 1 else 's'}, "
+                 f"effective batch {report.setup.effective_batch_size:,}")
+
+
+def _lengths_panel(ax, report) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    d = report.distributions
+    lengths = d.lengths[d.lengths > 0]
+    lo, hi = int(lengths.min()), int(lengths.max())
+    bins = np.geomspace(lo, max(hi, lo + 1), 50) if hi > lo else np.array([lo - 0.5, lo + 0.5])
+    over = lengths > d.capacity
+    counts, _, _ = ax.hist([lengths[~over], lengths[over]], bins=bins, stacked=True, color=[_REAL, _OVER],
+            label=[f"fit ({int((~over).sum()):,} rows)",
+                   f"over the capacity, {report.source['overflow']} ({int(over.sum()):,} rows)"])
+    if hi > lo:
+        ax.set_xscale("log")
+    ax.set_xlim(bins[0], bins[-1] if hi > d.capacity else max(bins[-1], d.capacity * 1.05))
+    ax.axvline(d.capacity, color=_LOST, linestyle="--", label=f"capacity {d.capacity:,}")
+    ax.set_ylim(0, float(np.max(counts[-1])) * 1.35)  # headroom for the legend
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"input lengths ({lengths.shape[0]:,} rows, {lo:,} to {hi:,} tokens)")
+    ax.set_xlabel("tokens per row")
+    ax.set_ylabel("rows")
+    ax.legend(loc="upper left", fontsize="small")
+
+
+def report_figure(report):
+    """The three panels of a :class:`packer.report.Report` as a matplotlib ``Figure`` on an Agg canvas.
+
+    Axes, left to right: token slots per epoch, optimizer steps, input lengths (module docstring).
+
+    Raises:
+        PackerError: matplotlib is missing.
     """
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    d = report.distributions
-    lengths = d.lengths[d.lengths > 0]
-    fig = Figure(figsize=(15, 4.4), layout="constrained")
+    fig = Figure(figsize=(16, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ax1, ax2, ax3 = fig.subplots(1, 3, width_ratios=[1, 1, 1.4])
+    _slots_panel(ax1, report)
+    _steps_panel(ax2, report)
+    _lengths_panel(ax3, report)
+    speed = report.packing["relative_training_speed"]
+    verdict = "packing recommended" if report.use_packing else "packing not recommended as configured" + (
+        f" (warnings: {', '.join(w.code for w in report.warnings)})" if report.warnings else "")
+    fig.suptitle(f"padding vs packing: packing is {speed:.2f}x the padding throughput "
+                 f"({report.cost_model['name']} cost model)\n{verdict}")
+    return fig
 
-    hi = max(int(lengths.max()), d.capacity)
-    bins = np.geomspace(1, hi * 1.05, 60)
-    ax1.hist(lengths, bins=bins, color="#4c72b0")
-    ax1.set_xscale("log")
-    ax1.axvline(d.capacity, color="#c44e52", linestyle="--", label=f"capacity {d.capacity:,}")
-    ax1.axvline(int(lengths.max()), color="#555555", linestyle=":", label=f"longest {int(lengths.max()):,}")
-    over = int(np.count_nonzero(lengths > d.capacity))
-    ax1.set_title(f"sequence lengths ({lengths.shape[0]:,} rows; {over:,} over the capacity)")
-    ax1.set_xlabel("tokens")
-    ax1.set_ylabel("rows")
-    ax1.legend(loc="upper left")
 
-    fill = 100.0 * d.pack_tokens / d.capacity
-    # log counts: on reference-like data all but one or two packs are >99.9% full, and a linear axis hides the
-    # few part-filled ones that are the whole story of the lost efficiency
-    ax2.hist(fill, bins=np.linspace(min(float(fill.min()), 90.0), 100.0, 41), color="#55a868")
-    ax2.set_yscale("log")
-    ax2.set_title(f"pack fill ({d.pack_tokens.shape[0]:,} packs; efficiency "
-                  f"{report.packing['packing_efficiency']:.2%})")
-    ax2.set_xlabel(f"tokens / capacity (%); emptiest pack {fill.min():.1f}%, median {np.median(fill):.2f}%")
-    ax2.set_ylabel("packs (log)")
+def plot_report(report, path: str | os.PathLike, *, dpi: int = 110) -> str:
+    """Draw :func:`report_figure` into a PNG file and return its path.
 
-    seqs = d.pack_sequences
-    edges = np.arange(int(seqs.min()), int(seqs.max()) + 2) - 0.5
-    ax3.hist(seqs, bins=edges, color="#8172b2")
-    ax3.axvline(float(seqs.mean()), color="#c44e52", linestyle="--", label=f"mean {seqs.mean():.2f}")
-    ax3.set_title("sequences per pack")
-    ax3.set_xlabel("sequences")
-    ax3.set_ylabel("packs")
-    ax3.legend(loc="upper right")
-
+    Raises:
+        PackerError: matplotlib is missing, or the file cannot be written (checked before drawing).
+    """
+    require_matplotlib()
+    check_plot_path(path)
+    fig = report_figure(report)
     try:
         fig.savefig(os.fspath(path), dpi=dpi, format="png")
     except OSError as e:

@@ -2,32 +2,37 @@
 
 The user's reference (``shared/seed/padding_vs_packing.md``) compares a padded and a packed training run by hand,
 with estimates (``~40-50%`` padding, ``~1.3-1.5x`` faster). This module computes every row of that table from the
-sequence lengths and the actual packing plan:
+sequence lengths and the actual packing plan, for the run the user will get:
 
+* **Same data on both sides.** The padding run trains the same sequences as the packs hold: the same max length
+  and overflow policy (``drop`` leaves the long rows out of both, ``truncate`` cuts them in both, ``split`` turns
+  them into the same pieces). ``TrainingSetup(padding_full_rows=True)`` pads every row whole instead, as the
+  reference's padding run did (its figures are reproduced that way), and the report warns that the columns then
+  compare different data.
 * **Padding mode** is simulated: the rows are shuffled (seeded) and cut into micro-batches of the per-device batch
   size, each padded to its longest sequence (dynamic padding, as ``DataCollatorWithPadding`` does). One shuffle per
-  epoch (``ceil(epochs)`` of them); the figures are per-epoch means. Padding every row to the longest one (a
-  fixed global max length) is stated next to it.
-* **Packing mode** comes from the plan: packs of ``capacity`` tokens, each padded to the capacity when the torch
-  layer reads it (the only padding left).
-* **Steps** are counted in samples, with one rounding rule for both modes (a "sample" is a row in padding mode and
-  a pack in packing mode)::
-
-      gradient_accumulation_steps = effective_batch / (num_gpus * per_device_batch)    # must divide exactly
-      steps_per_epoch            = samples / effective_batch                          # exact, not rounded
-      total_optimizer_steps      = ceil(samples * epochs / effective_batch)           # a last partial step counts
-      total_samples_seen         = round(rows trained on * epochs)
-
-  Batches flow across epoch boundaries and only the very last, partial optimizer step is rounded up. The reference
-  run gives 99,388 / 128 = 776.47 steps per epoch (shown as 776.5) and ceil(397,552 / 128) = 3,106 steps.
-  Hugging Face ``Trainer`` counts a little differently (it steps at the end of every epoch even on a partial
-  accumulation, so up to one more step per epoch); the report's JSON keeps the exact fractions.
+  epoch (``ceil(epochs)`` of them); the figures are per-epoch means.
+* **Packing mode** comes from the plan (packs of ``capacity`` tokens, each padded to the capacity when the torch
+  layer reads it), trained as ``PackSampler`` trains it. Its schedule comes from :mod:`packer.schedule`, the
+  function ``PackSampler`` itself uses: every GPU gets ``packs // num_gpus`` packs per epoch (the ``packs %
+  num_gpus`` others are left out, different ones each epoch), no batch runs across an epoch boundary, an epoch is
+  ``ceil(packs_per_gpu / (per_device_batch x accumulation))`` optimizer steps, the run ``ceil(epochs x that)``
+  (``Trainer``'s ``max_steps``). The sequences seen are counted from the packs each epoch keeps under the
+  sampler's seeded shuffle (exact for whole epochs).
+* **Padding steps** keep the reference's count, ``rows / effective_batch`` per epoch (776.5 for the reference run)
+  and ``ceil(rows x epochs / effective_batch)`` in all (3,106); ``loop_steps_per_epoch`` and
+  ``loop_total_optimizer_steps`` give what an epoch loop makes of it (``DistributedSampler`` + ``Trainer``: 777
+  and 3,108). The step ratio that rescales step settings compares the two loops.
+* **Warnings** (:class:`ReportWarning`) name what makes the comparison or the advice doubtful: less than one
+  optimizer step per epoch, fewer than :data:`MIN_STEPS_PER_EPOCH` steps per epoch, rows, tokens or packs lost
+  above ``loss_warning``, different data in the two columns, step settings floored to 1. The report recommends
+  packing (``use_packing``) only when it is faster and nothing is doubtful.
 * **Relative training speed** follows a stated cost model (:data:`COST_MODELS`): tokens processed, padding
   included; or, given the model's shape, training FLOPs with the attention term (``sum(L**2)`` over the segments of
   a pack with varlen attention; ``batch * longest**2`` for a padded micro-batch).
 
-Everything returned is plain data: :class:`Report` (a frozen dataclass) and its :meth:`Report.to_dict`; the
-renderers turn it into Markdown (:func:`render_markdown`) or JSON (:func:`render_json`).
+Everything returned is plain data: :class:`Report` (a frozen dataclass) and its :meth:`Report.to_dict`;
+:mod:`packer.report_render` turns it into Markdown, JSON and the configuration blocks.
 
 Example:
     >>> import numpy as np
@@ -40,10 +45,11 @@ Example:
     (3, 1.0, 4.0)
     >>> r.padding["total_optimizer_steps"], r.packing["total_optimizer_steps"]   # ceil(12 / 4), ceil(3 / 4)
     (3, 1)
+    >>> [w.code for w in r.warnings]
+    ['under_one_step_per_epoch', 'few_steps_per_epoch']
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -64,6 +70,7 @@ from packer.plan import (
     make_segments,
     plan_packs,
 )
+from packer.schedule import epoch_schedule, exact_epochs, run_counts, total_steps
 from packer.stats import compute_stats
 
 log = logging.getLogger(__name__)
@@ -86,20 +93,18 @@ COST_MODELS = {
 ASPECT_RATIO = 128
 """hidden_size / num_layers assumed when only a parameter count is given (Llama 7B/13B, GPT-3 175B: 128)."""
 
-ROW_ORDER = (
-    ("Dataset", ("total_samples", "samples_analyzed")),
-    ("Batch Configuration",
-     ("per_device_train_batch_size", "effective_batch_size", "num_gpus", "gradient_accumulation_steps")),
-    ("Sequence Configuration", ("global_max_length", "avg_sequence_length", "padding_overhead")),
-    ("Training Dynamics",
-     ("num_train_epochs", "steps_per_epoch", "total_optimizer_steps", "samples_per_step", "total_samples_seen")),
-    ("Efficiency Metrics", ("packing_efficiency", "samples_per_pack", "data_loss")),
-    ("Performance Estimates", ("relative_training_speed", "gpu_memory_usage")),
-)
-ROW_LABELS = {
-    "total_samples": "Total samples",
-    "samples_analyzed": "Samples analyzed",
-}
+DATA_LOSS_WARNING = 0.02
+"""Share of the rows, tokens or packs lost above which the report warns (and does not recommend packing)."""
+MIN_STEPS_PER_EPOCH = 10
+"""Fewer optimizer steps per epoch than this is too few for a learning-rate schedule (warmup, decay)."""
+TRAINING_ARGUMENTS_STEP_FIELDS = ("eval_steps", "save_steps", "logging_steps", "warmup_steps", "max_steps")
+"""Step settings that are Hugging Face ``TrainingArguments`` fields; other names go in a block of their own."""
+WARNING_CODES = ("under_one_step_per_epoch", "few_steps_per_epoch", "data_loss", "packs_left_out", "different_data",
+                 "step_setting_floored")
+OPTIONAL_STATS = (("sequences_untrainable", "left with no trained token"),
+                  ("sequences_without_trained_tokens", "left with no trained token"),
+                  ("pad_tokens_stripped", "pad tokens stripped"))
+"""Statistics a manifest may hold (newer packers); shown in the notes when present."""
 
 _STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBtT]?)\s*$")
@@ -126,6 +131,12 @@ class TrainingSetup:
         padding_seed: seeds the simulated padding-mode shuffles (``--padding-seed``).
         step_settings: step-based trainer settings to rescale, as ``(name, steps)`` pairs (a dict is accepted),
             e.g. ``{"eval_steps": 500}``; given for the padding run, rescaled to the packing run.
+        sampler_seed: ``PackSampler``'s seed in the packing run (``--sampler-seed``): it chooses the packs each
+            epoch leaves out, so the sequences seen are exact for it.
+        padding_full_rows: pad every row whole in the padding column, as the reference's padding run did
+            (``--padding-full-rows``). Default False: the padding run trains the same sequences as the packs hold
+            (same max length and overflow policy), so the two columns compare the same data.
+        loss_warning: share of rows, tokens or packs lost above which the report warns (``--loss-warning``).
 
     Raises:
         PackerError: a non-positive count, or an effective batch that ``num_gpus x per-device batch`` does not
@@ -139,6 +150,9 @@ class TrainingSetup:
     packing_batch_size: int = REFERENCE_PACKING_BATCH
     padding_seed: int = 0
     step_settings: tuple = ()
+    sampler_seed: int = 0
+    padding_full_rows: bool = False
+    loss_warning: float = DATA_LOSS_WARNING
 
     def __post_init__(self):
         _positive_int(self.num_gpus, "--num-gpus", "pass the number of data-parallel GPUs, e.g. --num-gpus 4")
@@ -146,9 +160,16 @@ class TrainingSetup:
                       "pass the samples per optimizer step over all GPUs, e.g. --effective-batch-size 128")
         _positive_int(self.padding_batch_size, "--padding-batch-size", "e.g. --padding-batch-size 2")
         _positive_int(self.packing_batch_size, "--packing-batch-size", "e.g. --packing-batch-size 1")
-        if isinstance(self.padding_seed, bool) or not isinstance(self.padding_seed, (int, np.integer)) \
-                or self.padding_seed < 0:
-            raise PackerError(f"--padding-seed must be a non-negative integer, got {self.padding_seed!r}")
+        for name in ("padding_seed", "sampler_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise PackerError(f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.padding_full_rows, bool):
+            raise PackerError(f"padding_full_rows must be True or False, got {self.padding_full_rows!r}")
+        loss = self.loss_warning
+        if isinstance(loss, bool) or not isinstance(loss, (int, float, np.integer, np.floating)) \
+                or not 0 <= loss < 1:
+            raise PackerError(f"--loss-warning must be a fraction in [0, 1), got {loss!r}; e.g. --loss-warning 0.02")
         epochs = self.epochs
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(epochs) or epochs <= 0:
@@ -339,15 +360,31 @@ class Distributions:
 
     Attributes:
         lengths: int64 (rows,), every input row's length (0 for empty rows).
+        trained_lengths: int64 (sequences,), the padding run's rows: the sequences after the overflow policy
+            (the same as the packs hold), or every non-empty row with ``padding_full_rows``.
         pack_tokens: int64 (packs,), tokens in each pack.
         pack_sequences: int64 (packs,), sequences (segments) in each pack.
         capacity: tokens per pack.
     """
 
     lengths: np.ndarray
+    trained_lengths: np.ndarray
     pack_tokens: np.ndarray
     pack_sequences: np.ndarray
     capacity: int
+
+
+@dataclass(frozen=True)
+class ReportWarning:
+    """Something that makes the comparison or the recommendation doubtful.
+
+    Attributes:
+        code: stable identifier (:data:`WARNING_CODES`).
+        message: what is wrong, with the numbers, and what to change.
+    """
+
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -360,9 +397,14 @@ class Report:
         padding: the padding-mode column: row name -> number.
         packing: the packing-mode column: row name -> number.
         cost_model: ``{"name", "description", "model"?}``.
-        recommended_config: the packing-mode trainer settings, step settings rescaled.
-        step_ratio: packing optimizer steps / padding optimizer steps (the rescaling factor).
+        recommended_config: Hugging Face ``TrainingArguments`` fields for the packing run (step settings
+            rescaled); ``TrainingArguments(output_dir=..., **recommended_config)`` accepts it.
+        other_step_settings: the rescaled step settings that are not ``TrainingArguments`` fields.
+        packer_settings: ``packer pack`` options and ``PackSampler`` arguments for the packing run.
+        step_ratio: packing optimizer steps / padding optimizer steps, both as the epoch loop counts them.
         notes: row name -> the Notes column text.
+        warnings: what makes the comparison or the recommendation doubtful.
+        use_packing: whether the report recommends packing (faster, and no warning).
         distributions: arrays for plots.
     """
 
@@ -372,8 +414,12 @@ class Report:
     packing: dict
     cost_model: dict
     recommended_config: dict
+    other_step_settings: dict
+    packer_settings: dict
     step_ratio: float
     notes: dict
+    warnings: tuple
+    use_packing: bool
     distributions: Distributions = field(repr=False, compare=False)
 
     def to_dict(self) -> dict:
@@ -387,59 +433,64 @@ class Report:
                 "padding_batch_size": self.setup.padding_batch_size,
                 "packing_batch_size": self.setup.packing_batch_size,
                 "padding_seed": self.setup.padding_seed,
+                "sampler_seed": self.setup.sampler_seed,
+                "padding_full_rows": self.setup.padding_full_rows,
+                "loss_warning": self.setup.loss_warning,
                 "step_settings": dict(self.setup.step_settings),
             },
             "padding": dict(self.padding),
             "packing": dict(self.packing),
             "notes": dict(self.notes),
+            "warnings": [{"code": w.code, "message": w.message} for w in self.warnings],
+            "use_packing": self.use_packing,
             "cost_model": dict(self.cost_model),
             "step_ratio": self.step_ratio,
             "recommended_config": dict(self.recommended_config),
-            "rounding": {
-                "steps_per_epoch": "samples / effective_batch_size, exact (a sample is a row, or a pack)",
-                "total_optimizer_steps": "ceil(samples x epochs / effective_batch_size)",
-                "total_samples_seen": "round(sequences trained on x epochs)",
-                "rescaled_steps": "max(1, floor(steps x step_ratio + 1/2)) (rounded half up)",
-            },
+            "other_step_settings": dict(self.other_step_settings),
+            "packer_settings": dict(self.packer_settings),
+            "rounding": dict(ROUNDING),
         }
 
 
-def _steps(samples: int, epochs: float, batch: int) -> tuple[float, int]:
-    # Fraction(str(...)) keeps 0.1 epochs exactly 1/10, so 99,388 x 4 / 128 is never 3105.8750000001 -> 3107
-    exact = Fraction(samples) * Fraction(str(float(epochs))) / batch
-    return float(Fraction(samples, batch)), math.ceil(exact)
+ROUNDING = {
+    "steps_per_epoch": "packing: ceil(packs_per_rank / (per_device_batch x accumulation)), packs_per_rank = "
+    "packs // num_gpus (PackSampler); padding: rows / effective_batch_size, exact (the reference's count)",
+    "total_optimizer_steps": "packing: ceil(epochs x steps_per_epoch) (Trainer's max_steps); padding: "
+    "ceil(rows x epochs / effective_batch_size) (the reference's count)",
+    "loop_steps_per_epoch": "padding as an epoch loop counts it: ceil(ceil(rows / num_gpus) / (per_device_batch x "
+    "accumulation)) (DistributedSampler + Trainer)",
+    "total_samples_seen": "packing: the sequences in the packs each epoch keeps (PackSampler's seeded shuffle "
+    "leaves packs // num_gpus x num_gpus); padding: round(rows x epochs)",
+    "rescaled_steps": "max(1, floor(steps x step_ratio + 1/2)) (rounded half up), step_ratio from the loop counts",
+}
 
 
-def _seen(sequences: int, epochs: float) -> int:
-    return round(Fraction(sequences) * Fraction(str(float(epochs))))
+def _reference_steps(samples: int, epochs, batch: int) -> tuple[float, int]:
+    # the reference's count: batches across epochs; Fraction keeps 0.1 epochs 1/10, so 99,388 x 4 / 128 is never
+    # 3105.8750000001 -> 3107
+    return float(Fraction(samples, batch)), math.ceil(Fraction(samples) * exact_epochs(epochs) / batch)
 
 
-def _build(
-    *,
-    lengths: np.ndarray,
-    stats: dict,
-    seg_lengths: np.ndarray,
-    pack_offsets: np.ndarray,
-    capacity: int,
-    setup: TrainingSetup,
-    model: ModelShape | None,
-    source: dict,
-) -> Report:
-    lengths = np.asarray(lengths, dtype=np.int64)
-    seg_lengths = np.asarray(seg_lengths, dtype=np.int64)
-    n_rows = int(lengths.shape[0])
-    epochs = setup.epochs
-    ebs = setup.effective_batch_size
+def _lost(stats: dict) -> tuple[int, int]:
+    """Rows and tokens the overflow policy left out of the packs (dropped, or cut off by truncation)."""
+    rows = int(stats["sequences_dropped"]) + int(stats["sequences_truncated"])
+    return rows, int(stats["tokens_dropped"]) + int(stats["tokens_truncated"])
 
-    # ---- padding mode: every non-empty row, micro-batches padded to their longest
+
+def _padding_column(trained: np.ndarray, *, n_rows: int, stats: dict, setup: TrainingSetup, source: dict):
+    """The padding column and its simulation; ``trained`` holds the lengths of the rows the padding run trains."""
+    epochs, ebs = setup.epochs, setup.effective_batch_size
     shuffles = max(1, math.ceil(epochs))
-    sim = simulate_padding(lengths, batch_size=setup.padding_batch_size, seed=setup.padding_seed, shuffles=shuffles)
-    n_pad = int(np.count_nonzero(lengths))
+    sim = simulate_padding(trained, batch_size=setup.padding_batch_size, seed=setup.padding_seed, shuffles=shuffles)
+    n_pad = int(np.count_nonzero(trained))
     if n_pad == 0:
         raise PackerError(f"{source.get('path', 'the input')}: no row holds a token; nothing to report")
-    longest = int(lengths.max())
-    mean_pad = sim.tokens / n_pad
-    spe_pad, total_pad = _steps(n_pad, epochs, ebs)
+    longest = int(trained.max())
+    mean = sim.tokens / n_pad
+    spe, total = _reference_steps(n_pad, epochs, ebs)
+    loop = epoch_schedule(n_pad, world=setup.num_gpus, batch_size=setup.padding_batch_size,
+                          grad_accum=setup.padding_accumulation, remainder="repeat")
+    lost_rows, lost_tokens = (0, 0) if setup.padding_full_rows else _lost(stats)
     padding = {
         "total_samples": n_rows,
         "samples_analyzed": n_pad,
@@ -448,59 +499,77 @@ def _build(
         "num_gpus": setup.num_gpus,
         "gradient_accumulation_steps": setup.padding_accumulation,
         "global_max_length": longest,
-        "avg_sequence_length": mean_pad,
+        "avg_sequence_length": mean,
         "padding_overhead": sim.overhead,
-        "padding_overhead_global_max": 1.0 - mean_pad / longest,
+        "padding_overhead_global_max": 1.0 - mean / longest,
         "num_train_epochs": epochs,
-        "steps_per_epoch": spe_pad,
-        "total_optimizer_steps": total_pad,
+        "steps_per_epoch": spe,
+        "total_optimizer_steps": total,
+        "loop_steps_per_epoch": loop.steps_per_epoch,
+        "loop_total_optimizer_steps": total_steps(loop.steps_per_epoch, epochs),
+        "rows_repeated_per_epoch": loop.repeated,
         "samples_per_step": ebs,
-        "total_samples_seen": _seen(n_pad, epochs),
+        "total_samples_seen": round(n_pad * exact_epochs(epochs)),
         "packing_efficiency": 1.0 - sim.overhead,
         "samples_per_pack": 1.0,
-        "data_loss": 0.0,
-        "data_loss_tokens": 0.0,
+        "data_loss": lost_rows / n_rows if n_rows else 0.0,
+        "data_loss_tokens": lost_tokens / stats["tokens_in"] if stats["tokens_in"] else 0.0,
+        "tokens_lost": lost_tokens,
         "tokens_per_epoch": sim.tokens,
         "token_slots_per_epoch": sim.slots,
         "peak_micro_batch_slots": sim.peak_slots,
         "simulated_shuffles": shuffles,
     }
+    return padding, sim
 
-    # ---- packing mode: the plan
+
+def _packing_column(seg_lengths: np.ndarray, pack_offsets: np.ndarray, *, n_rows: int, capacity: int, stats: dict,
+                    setup: TrainingSetup, source: dict) -> dict:
+    """The packing column: the plan's packs, trained as a ``PackSampler`` loop trains them."""
     n_packs = int(pack_offsets.shape[0] - 1)
     n_seg = int(seg_lengths.shape[0])
     if n_packs == 0:
-        raise PackerError(
-            f"{source.get('path', 'the input')}: every row was dropped or empty at capacity {capacity:,}; "
-            "pass a larger --max-length or --overflow split"
-        )
-    pack_tokens = np.add.reduceat(seg_lengths, pack_offsets[:-1]) if n_seg else np.zeros(n_packs, np.int64)
+        raise PackerError(f"{source.get('path', 'the input')}: every row was dropped or empty at capacity "
+                          f"{capacity:,}; pass a larger --max-length or --overflow split")
+    if n_packs < setup.num_gpus:
+        raise PackerError(f"{source.get('path', 'the input')}: {n_packs:,} packs cannot give each of "
+                          f"{setup.num_gpus} GPUs one (PackSampler refuses it); pass fewer --num-gpus or a "
+                          "smaller --max-length")
     pack_sequences = np.diff(pack_offsets).astype(np.int64)
     tokens_out = int(seg_lengths.sum())
     efficiency = tokens_out / (n_packs * capacity)
-    spe_pack, total_pack = _steps(n_packs, epochs, ebs)
     per_pack = n_seg / n_packs
-    lost_rows = int(stats["sequences_dropped"] + stats["sequences_truncated"])
-    lost_tokens = int(stats["tokens_dropped"] + stats["tokens_truncated"])
-    packing = {
+    sched = epoch_schedule(n_packs, world=setup.num_gpus, batch_size=setup.packing_batch_size,
+                           grad_accum=setup.packing_accumulation)
+    run = run_counts(pack_sequences, world=setup.num_gpus, batch_size=setup.packing_batch_size,
+                     grad_accum=setup.packing_accumulation, epochs=setup.epochs, seed=setup.sampler_seed)
+    lost_rows, lost_tokens = _lost(stats)
+    return {
         "total_samples": n_rows,
         "samples_analyzed": n_seg,
         "per_device_train_batch_size": setup.packing_batch_size,
-        "effective_batch_size": ebs,
+        "effective_batch_size": setup.effective_batch_size,
         "num_gpus": setup.num_gpus,
         "gradient_accumulation_steps": setup.packing_accumulation,
         "global_max_length": capacity,
         "avg_sequence_length": tokens_out / n_seg,
         "padding_overhead": 1.0 - efficiency,
-        "num_train_epochs": epochs,
-        "steps_per_epoch": spe_pack,
-        "total_optimizer_steps": total_pack,
-        "samples_per_step": ebs * per_pack,
-        "total_samples_seen": _seen(n_seg, epochs),
+        "num_train_epochs": setup.epochs,
+        "steps_per_epoch": sched.steps_per_epoch,
+        "total_optimizer_steps": run.steps,
+        "packs_per_epoch": sched.samples_per_epoch,
+        "packs_left_out_per_epoch": sched.left_out,
+        "last_step_packs": (sched.per_rank - (sched.steps_per_epoch - 1) * sched.batch_size * sched.grad_accum)
+        * sched.world,
+        "total_packs_seen": run.samples,
+        "samples_per_step": setup.effective_batch_size * per_pack,
+        "total_samples_seen": run.sequences,
+        "total_samples_seen_exact": run.exact,
         "packing_efficiency": efficiency,
         "samples_per_pack": per_pack,
         "data_loss": lost_rows / n_rows if n_rows else 0.0,
         "data_loss_tokens": lost_tokens / stats["tokens_in"] if stats["tokens_in"] else 0.0,
+        "tokens_lost": lost_tokens,
         "packs": n_packs,
         "lower_bound_packs": math.ceil(tokens_out / capacity),
         "sequences_dropped": int(stats["sequences_dropped"]),
@@ -514,7 +583,11 @@ def _build(
         "samples_per_pack_max": int(pack_sequences.max()),
     }
 
-    # ---- cost model: per epoch, each mode on its own data
+
+def _apply_cost(padding: dict, packing: dict, sim: PaddingSimulation, seg_lengths: np.ndarray,
+                pack_tokens: np.ndarray, capacity: int, model: ModelShape | None) -> dict:
+    """Fill in the cost rows of both columns (per epoch, each mode on its own micro-batches); the cost model."""
+    n_packs = int(pack_tokens.shape[0])
     cost_pad = float(sim.slots)
     cost_pack = float(n_packs * capacity)
     cost_model = {"name": "tokens", "description": COST_MODELS["tokens"]}
@@ -532,27 +605,73 @@ def _build(
     padding["cost_per_epoch"] = cost_pad
     packing["cost_per_epoch"] = cost_pack
     # speed = useful tokens per unit of cost (throughput); the run-time ratio differs from it only by the tokens
-    # the overflow policy dropped, which packing never has to process
+    # each mode trains on (the same, unless --padding-full-rows pads rows the packs do not hold)
     padding["relative_training_speed"] = 1.0
-    packing["relative_training_speed"] = (tokens_out / cost_pack) / (sim.tokens / cost_pad)
+    packing["relative_training_speed"] = (packing["tokens_per_epoch"] / cost_pack) / (sim.tokens / cost_pad)
     padding["relative_run_time"] = 1.0
     packing["relative_run_time"] = cost_pack / cost_pad
     padding["gpu_memory_usage"] = 1.0
     packing["gpu_memory_usage"] = packing["peak_micro_batch_slots"] / sim.peak_slots
+    return cost_model
 
-    # ---- the recommended packing configuration
-    ratio = Fraction(total_pack, total_pad)
+
+def _recommended(setup: TrainingSetup, padding: dict, packing: dict, source: dict):
+    """(TrainingArguments fields, other rescaled step settings, packer settings, step ratio)."""
+    ratio = Fraction(packing["total_optimizer_steps"], padding["loop_total_optimizer_steps"])
     config = {
-        "global_max_length": capacity,
         "per_device_train_batch_size": setup.packing_batch_size,
-        "effective_batch_size": ebs,
         "gradient_accumulation_steps": setup.packing_accumulation,
-        "num_train_epochs": epochs,
+        "num_train_epochs": setup.epochs,
     }
+    other = {}
     for name, steps in setup.step_settings:
-        config[name] = max(1, math.floor(steps * ratio + Fraction(1, 2)))  # half up: 62.5 -> 63
+        rescaled = max(1, math.floor(steps * ratio + Fraction(1, 2)))  # half up: 62.5 -> 63
+        (config if name in TRAINING_ARGUMENTS_STEP_FIELDS else other)[name] = rescaled
+    packer_settings = {
+        "max_length": int(source["capacity"]),
+        "strategy": source["strategy"],
+        "overflow": source["overflow"],
+        "seed": source.get("seed", 0),
+        "num_gpus": setup.num_gpus,
+        "effective_batch_size": setup.effective_batch_size,
+        "sampler": {"batch_size": setup.packing_batch_size, "grad_accum": setup.packing_accumulation,
+                    "seed": setup.sampler_seed},
+    }
+    if source["strategy"] == "mixed":
+        packer_settings["filler"] = source.get("filler", DEFAULT_FILLER)
+    return config, other, packer_settings, ratio
 
-    notes = _notes(padding, packing, setup, source, cost_model)
+
+def _build(
+    *,
+    lengths: np.ndarray,
+    trained: np.ndarray,
+    stats: dict,
+    seg_lengths: np.ndarray,
+    pack_offsets: np.ndarray,
+    capacity: int,
+    setup: TrainingSetup,
+    model: ModelShape | None,
+    source: dict,
+) -> Report:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    seg_lengths = np.asarray(seg_lengths, dtype=np.int64)
+    # the padding run trains the same sequences as the packs hold (same max length and overflow policy), unless
+    # the user asks for full rows (the reference's padding run); only then can the two columns differ in data
+    padding_rows = lengths[lengths > 0] if setup.padding_full_rows else np.asarray(trained, dtype=np.int64)
+    source = dict(source, padding_data="full rows" if setup.padding_full_rows else "same as packing")
+    n_rows = int(lengths.shape[0])
+    if not lengths.any():
+        raise PackerError(f"{source.get('path', 'the input')}: no row holds a token; nothing to report")
+    packing = _packing_column(seg_lengths, pack_offsets, n_rows=n_rows, capacity=capacity, stats=stats,
+                              setup=setup, source=source)
+    padding, sim = _padding_column(padding_rows, n_rows=n_rows, stats=stats, setup=setup, source=source)
+    pack_sequences = np.diff(pack_offsets).astype(np.int64)
+    pack_tokens = np.add.reduceat(seg_lengths, pack_offsets[:-1]) if seg_lengths.size else np.zeros(
+        pack_sequences.shape[0], np.int64)
+    cost_model = _apply_cost(padding, packing, sim, seg_lengths, pack_tokens, capacity, model)
+    config, other, packer_settings, ratio = _recommended(setup, padding, packing, source)
+    warnings = tuple(_warnings(padding, packing, setup, source["overflow"]))
     return Report(
         source=source,
         setup=setup,
@@ -560,16 +679,68 @@ def _build(
         packing=packing,
         cost_model=cost_model,
         recommended_config=config,
+        other_step_settings=other,
+        packer_settings=packer_settings,
         step_ratio=float(ratio),
-        notes=notes,
+        notes=_notes(padding, packing, setup, stats, cost_model),
+        warnings=warnings,
+        use_packing=packing["relative_training_speed"] > 1.0 and not warnings,
         distributions=Distributions(
-            lengths=lengths, pack_tokens=pack_tokens.astype(np.int64), pack_sequences=pack_sequences,
-            capacity=capacity,
+            lengths=lengths, trained_lengths=padding_rows, pack_tokens=pack_tokens.astype(np.int64),
+            pack_sequences=pack_sequences, capacity=capacity,
         ),
     )
 
 
-def _notes(pad: dict, pack: dict, setup: TrainingSetup, source: dict, cost: dict) -> dict:
+def _warnings(pad: dict, pack: dict, setup: TrainingSetup, overflow: str):
+    """Yield a :class:`ReportWarning` for each thing that makes the comparison or the recommendation doubtful."""
+    spe, m = pack["steps_per_epoch"], setup.packing_batch_size * setup.packing_accumulation
+    per_rank = pack["packs_per_epoch"] // setup.num_gpus
+    if per_rank < m:
+        yield ReportWarning(
+            "under_one_step_per_epoch",
+            f"an epoch holds {pack['packs_per_epoch']:,} packs, less than one optimizer step of "
+            f"{setup.effective_batch_size:,}: each epoch is a single step over {per_rank:,} packs per GPU instead "
+            f"of {m:,}, so the effective batch is {pack['packs_per_epoch']:,}, not {setup.effective_batch_size:,}; "
+            "pass a smaller --effective-batch-size or --max-length")
+    if spe < MIN_STEPS_PER_EPOCH:
+        yield ReportWarning(
+            "few_steps_per_epoch",
+            f"packing trains {spe:,} optimizer step{'s' if spe != 1 else ''} per epoch "
+            f"({pack['total_optimizer_steps']:,} in all): too few for a learning-rate schedule (warmup and decay "
+            f"need at least {MIN_STEPS_PER_EPOCH} per epoch); lower --effective-batch-size or --max-length")
+    threshold = setup.loss_warning
+    if pack["data_loss"] > threshold or pack["data_loss_tokens"] > threshold:
+        how = {"drop": "dropped", "truncate": "cut by truncation"}.get(overflow, "lost")
+        yield ReportWarning(
+            "data_loss",
+            f"the overflow policy loses {pack['data_loss']:.2%} of the rows and {pack['data_loss_tokens']:.2%} of "
+            f"the tokens ({pack['tokens_lost']:,} tokens {how}), more than {threshold:.0%}; pass --overflow split "
+            "to keep every token, or a larger --max-length")
+    left = pack["packs_left_out_per_epoch"]
+    if left and left / pack["packs"] > threshold:
+        yield ReportWarning(
+            "packs_left_out",
+            f"each epoch leaves out {left:,} of {pack['packs']:,} packs ({left / pack['packs']:.1%}) so that every "
+            f"one of {setup.num_gpus} GPUs gets as many (PackSampler; different packs each epoch); pack more data "
+            "or use fewer GPUs")
+    if setup.padding_full_rows and (pack["data_loss"] or pack["sequences_split"]):
+        yield ReportWarning(
+            "different_data",
+            "the padding column trains every row whole (--padding-full-rows) but the packs hold the rows after "
+            f"--overflow {overflow}: the two modes train different data and the comparison is not like for "
+            "like; omit --padding-full-rows")
+    ratio = pack["total_optimizer_steps"] / pad["loop_total_optimizer_steps"]
+    for name, steps in setup.step_settings:
+        if steps * ratio < 0.5:
+            yield ReportWarning(
+                "step_setting_floored",
+                f"{name} {steps:,} x {ratio:.4f} rounds to less than one step; it is set to 1, which is not "
+                "proportional: choose it for the packing run's "
+                f"{pack['total_optimizer_steps']:,} steps")
+
+
+def _notes(pad: dict, pack: dict, setup: TrainingSetup, stats: dict, cost: dict) -> dict:
     lost = []
     for key, what in (("sequences_dropped", "dropped (longer than the capacity)"),
                       ("sequences_truncated", "truncated to the capacity"),
@@ -577,11 +748,21 @@ def _notes(pad: dict, pack: dict, setup: TrainingSetup, source: dict, cost: dict
                       ("empty_sequences_skipped", "empty, skipped")):
         if pack[key]:
             lost.append(f"{pack[key]:,} {what}")
-    analysed = "packing: " + "; ".join(lost) if lost else "every non-empty row in both"
+    for key, what in OPTIONAL_STATS:  # counted by newer packers only
+        if stats.get(key):
+            lost.append(f"{int(stats[key]):,} {what}")
+    both = "padding: every row whole (--padding-full-rows); packing: " if setup.padding_full_rows else "both: "
+    analysed = both + "; ".join(lost) if lost else "every non-empty row in both"
     speed = f"real tokens per unit of cost, {cost['name']} cost model (below); run time " \
         f"{pack['relative_run_time']:.2f}× of padding's"
     if "attention_share" in pack:
         speed += f"; attention {pad['attention_share']:.0%} of padding cost, {pack['attention_share']:.0%} of packing"
+    left = pack["packs_left_out_per_epoch"]
+    seen = "padding: rows x epochs; packing: the sequences in the packs each epoch trains"
+    seen += f" ({left:,} of {pack['packs']:,} packs left out per epoch, PackSampler seed {setup.sampler_seed})" \
+        if left else ""
+    if not pack["total_samples_seen_exact"]:
+        seen += "; the fractional last epoch's share estimated at the mean sequences per pack"
     return {
         "total_samples": "rows in the input",
         "samples_analyzed": analysed,
@@ -589,20 +770,26 @@ def _notes(pad: dict, pack: dict, setup: TrainingSetup, source: dict, cost: dict
         "effective_batch_size": "padding: rows per step; packing: packs per step",
         "num_gpus": "same hardware",
         "gradient_accumulation_steps": "effective / (GPUs x per-device)",
-        "global_max_length": "padding: the longest row (dynamic); packing: the capacity",
-        "avg_sequence_length": "packing: the sequences in packs" if lost else "same input data",
+        "global_max_length": "padding: the longest row trained (dynamic); packing: the capacity"
+        + ("" if setup.padding_full_rows else "; same max length and overflow policy in both"),
+        "avg_sequence_length": "same sequences in both" if not setup.padding_full_rows or not lost
+        else "packing: the sequences in packs",
         "padding_overhead": f"measured: {pad['simulated_shuffles']} seeded "
         f"shuffle{'s' if pad['simulated_shuffles'] > 1 else ''} in micro-batches of "
         f"{setup.padding_batch_size}, each padded to its longest; padding every row to "
         f"{pad['global_max_length']:,} would be {pad['padding_overhead_global_max']:.1%}",
         "num_train_epochs": "same",
-        "steps_per_epoch": "samples / effective batch (exact)",
-        "total_optimizer_steps": "ceil(samples x epochs / effective batch)",
+        "steps_per_epoch": f"padding: rows / effective batch (the reference's count; an epoch loop makes "
+        f"{pad['loop_steps_per_epoch']:,}); packing: as PackSampler, "
+        f"ceil({pack['packs_per_epoch'] // setup.num_gpus:,} packs per GPU / "
+        f"{setup.packing_batch_size * setup.packing_accumulation:,})",
+        "total_optimizer_steps": f"padding: ceil(rows x epochs / effective batch) (an epoch loop makes "
+        f"{pad['loop_total_optimizer_steps']:,}); packing: ceil(epochs x steps per epoch)",
         "samples_per_step": "packing: effective batch x sequences per pack",
-        "total_samples_seen": "sequences trained on x epochs",
+        "total_samples_seen": seen,
         "packing_efficiency": "real tokens / processed token slots",
         "samples_per_pack": f"min {pack['samples_per_pack_min']}, max {pack['samples_per_pack_max']}",
-        "data_loss": f"sequences; tokens: {pack['data_loss_tokens']:.3%}",
+        "data_loss": f"rows lost to the overflow policy; tokens: {pack['data_loss_tokens']:.3%}",
         "relative_training_speed": speed,
         "gpu_memory_usage": f"token slots per micro-batch: padding peaks at {pad['peak_micro_batch_slots']:,} "
         f"(varies), packing {pack['peak_micro_batch_slots']:,} (constant)",
@@ -642,6 +829,7 @@ def report_from_lengths(
                rows=segments.n_rows, tokens=segments.tokens_in, lengths_exact=True)
     return _build(
         lengths=lengths,
+        trained=segments.length.astype(np.int64),
         stats=stats,
         seg_lengths=segments.length[plan.members],
         pack_offsets=plan.pack_offsets,
@@ -780,7 +968,10 @@ def report_from_packed(
         "tokens": int(stats["tokens_in"]),
         "lengths_exact": exact,
     }
-    return _build(lengths=lengths, stats=stats, seg_lengths=seg, pack_offsets=offsets,
+    # the sequences in input order (row, then piece): the order make_segments gives them, so a packed folder and
+    # its tokenized input simulate the same padding-mode shuffles
+    trained = seg[np.lexsort((-seg, index))]
+    return _build(lengths=lengths, trained=trained, stats=stats, seg_lengths=seg, pack_offsets=offsets,
                   capacity=int(cfg["capacity"]), setup=setup, model=model, source=source)
 
 
@@ -808,151 +999,3 @@ def report_from_input(
     source = {"kind": "tokenized", "path": ", ".join(str(p) for p in inputs), "files": len(inp.files)}
     return report_from_lengths(inp.lengths, capacity=capacity, strategy=strategy, overflow=overflow, seed=seed,
                                filler=filler, setup=setup, model=model, source=source)
-
-
-# ---------------------------------------------------------------------------------------------- rendering
-
-
-def _int(v) -> str:
-    return f"{int(v):,}"
-
-
-def _steps_text(v: float) -> str:
-    return f"{v:,.1f}" if abs(v - round(v)) > 1e-9 else f"{int(round(v)):,}"
-
-
-def _epochs_text(v) -> str:
-    return f"{v:g}"
-
-
-def _cell(mode: str, name: str, col: dict, other: dict) -> str:
-    v = col[name]
-    if name in ("total_samples", "samples_analyzed", "per_device_train_batch_size", "effective_batch_size",
-                "num_gpus", "gradient_accumulation_steps", "total_optimizer_steps", "total_samples_seen"):
-        return _int(v)
-    if name == "global_max_length":
-        return f"{v:,} (dynamic)" if mode == "padding" else f"{v:,}"
-    if name == "avg_sequence_length":
-        return f"{v:,.0f}"
-    if name in ("padding_overhead", "packing_efficiency"):
-        return f"{v:.3%}" if 0 < v < 0.001 or 0.999 < v < 1 else f"{v:.2%}"  # 99.998% is not 100.00%
-    if name == "num_train_epochs":
-        return _epochs_text(v)
-    if name == "steps_per_epoch":
-        return _steps_text(v)
-    if name == "samples_per_step":
-        return _int(v) if mode == "padding" else f"{v:,.1f}"
-    if name == "samples_per_pack":
-        return "1" if mode == "padding" else f"{v:.2f}"
-    if name == "data_loss":
-        return f"{v:.2%}" if v == 0 or v >= 0.001 else f"{v:.3%}"
-    if name == "relative_training_speed":
-        return "1.0×" if mode == "padding" else f"{v:.2f}×"
-    if name == "gpu_memory_usage":
-        return "Baseline" if mode == "padding" else f"{v:.2f}× of the padding peak"
-    raise AssertionError(name)
-
-
-def render_config(report: Report, *, fmt_name: str = "yaml") -> str:
-    """The recommended packing configuration as YAML (with comments) or JSON."""
-    cfg = report.recommended_config
-    if fmt_name == "json":
-        return json.dumps(cfg, indent=2)
-    if fmt_name != "yaml":
-        raise PackerError(f"unknown config format {fmt_name!r}; choose yaml or json")
-    lines = [f"# packer report: packing mode, {report.source.get('strategy')} strategy, "
-             f"{report.packing['packs']:,} packs of {cfg['global_max_length']:,} tokens"]
-    for key, value in cfg.items():
-        if key in dict(report.setup.step_settings):
-            old = dict(report.setup.step_settings)[key]
-            lines.append(f"{key}: {value}  # padding run: {old:,} x {report.step_ratio:.4f}")
-        else:
-            lines.append(f"{key}: {value}")
-    return "\n".join(lines)
-
-
-def render_markdown(report: Report, *, config_format: str = "yaml") -> str:
-    """The report as Markdown: the reference's sections and rows, both columns computed."""
-    pad, pack, notes = report.padding, report.packing, report.notes
-    src = report.source
-    lines = ["# Padding vs Packing: Configuration Comparison", ""]
-    where = src.get("path", "lengths")
-    lines.append(
-        f"Computed by `packer report` from {src['kind']} input `{where}`: {src['rows']:,} rows, "
-        f"{src['tokens']:,} tokens; capacity {src['capacity']:,}, strategy `{src['strategy']}`, "
-        f"overflow `{src['overflow']}`."
-    )
-    if not src.get("lengths_exact", True):
-        lines.append(
-            f"The lengths of the {pack['sequences_dropped'] + pack['sequences_truncated']:,} over-capacity rows "
-            "are not in the packs; they are spread from the manifest's totals (the padding figures are close, "
-            "not exact)."
-        )
-    lines += ["", "## Training Configuration Comparison", "",
-              "| Parameter | Padding Mode | Packing Mode | Notes |",
-              "|-----------|--------------|--------------|-------|"]
-    for section, names in ROW_ORDER:
-        lines.append(f"| **{section}** | | | |")
-        for name in names:
-            label = ROW_LABELS.get(name, name)
-            lines.append(f"| {label} | {_cell('padding', name, pad, pack)} | {_cell('packing', name, pack, pad)} "
-                         f"| {notes[name]} |")
-    speed = pack["relative_training_speed"]
-    steps_x = pad["total_optimizer_steps"] / pack["total_optimizer_steps"]
-    lines += [
-        "",
-        "## Key Takeaways",
-        "",
-        f"1. **Efficiency**: packing cuts the padding from {pad['padding_overhead']:.1%} (measured, micro-batches "
-        f"of {report.setup.padding_batch_size}) to {_cell('packing', 'padding_overhead', pack, pad)} of the "
-        "processed tokens",
-        f"2. **Speed**: {speed:.2f}× the padding run's throughput under the {report.cost_model['name']} cost model "
-        f"({abs(speed - 1):.0%} {'faster' if speed >= 1 else 'slower'}); the whole run takes "
-        f"{pack['relative_run_time']:.2f}× the padding run's time",
-        f"3. **Dynamics**: a different notion of \"step\": packing processes {pack['samples_per_pack']:.1f}× more "
-        f"samples per optimizer step ({pack['samples_per_step']:,.0f} vs {pad['samples_per_step']:,})",
-        f"4. **Equivalence**: {pack['total_samples_seen']:,} vs {pad['total_samples_seen']:,} samples seen over "
-        f"{_epochs_text(pad['num_train_epochs'])} epochs ({pack['data_loss']:.2%} of the rows lost to the "
-        f"overflow policy), in {steps_x:.1f}× fewer optimizer steps "
-        f"({pack['total_optimizer_steps']:,} vs {pad['total_optimizer_steps']:,})",
-        f"5. **Memory**: a packing micro-batch holds {pack['peak_micro_batch_slots']:,} token slots every step; "
-        f"padding micro-batches vary up to {pad['peak_micro_batch_slots']:,}",
-        "",
-        "## Cost Model",
-        "",
-        f"**{report.cost_model['name']}**: {report.cost_model['description']}",
-    ]
-    if "model" in report.cost_model:
-        m = report.cost_model["model"]
-        est = f" (estimated: {', '.join(m['estimated'])})" if m["estimated"] else ""
-        lines.append(f"Model: {m['num_params']:,} parameters, {m['num_layers']} layers, hidden size "
-                     f"{m['hidden_size']:,}{est}. Attention is {pad['attention_share']:.1%} of the padding run's "
-                     f"cost and {pack['attention_share']:.1%} of the packing run's.")
-    lines += [
-        "",
-        f"Per epoch: padding {pad['token_slots_per_epoch']:,.0f} token slots for {pad['tokens_per_epoch']:,} "
-        f"tokens; packing {pack['token_slots_per_epoch']:,} slots for {pack['tokens_per_epoch']:,} tokens. "
-        "Not modelled: waits for the slowest GPU at each optimizer step, kernel efficiency at different sequence "
-        "lengths, data loading.",
-        "",
-        "## Recommendation",
-        "",
-        f"**{'Use packing mode' if speed >= 1 else 'Packing is not faster here; if you pack anyway, use'}** "
-        f"with (optimizer steps {pack['total_optimizer_steps']:,} / "
-        f"{pad['total_optimizer_steps']:,} = {report.step_ratio:.4f} of the padding run; "
-        "step-based settings rescaled by that ratio):",
-        "",
-        f"```{config_format}",
-        render_config(report, fmt_name=config_format),
-        "```",
-    ]
-    if not report.setup.step_settings:
-        lines += ["", f"Scale `eval_steps`, `save_steps`, `warmup_steps` and other step-based settings by "
-                      f"{report.step_ratio:.4f} (or pass them with --eval-steps/--save-steps/--warmup-steps/"
-                      "--step-setting NAME=STEPS and the report does it)."]
-    return "\n".join(lines) + "\n"
-
-
-def render_json(report: Report) -> str:
-    """The report as JSON (:meth:`Report.to_dict`)."""
-    return json.dumps(report.to_dict(), indent=2)

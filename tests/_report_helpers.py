@@ -65,5 +65,47 @@ def png_ok(path) -> bool:
             and int.from_bytes(head[16:20], "big") > 0 and int.from_bytes(head[20:24], "big") > 0)
 
 
+def sampler_loop(pack_sequences, *, world, batch_size, grad_accum, epochs, seed=0):
+    """What a training loop over real ``PackSampler``s gets: (optimizer steps, packs, sequences) over the run.
+
+    One sampler per rank, iterated epoch by epoch as a ``DataLoader(batch_size=...)`` would (micro-batches are
+    consecutive chunks, the last one short), ``grad_accum`` micro-batches per optimizer step and a partial step at
+    the end of an epoch (``Trainer``), stopping after ``ceil(epochs x steps per epoch)`` steps (``max_steps``).
+    Checks on the way that no pack goes to two ranks in an epoch and every rank gets ``n // world``.
+    """
+    from fractions import Fraction
+
+    from packer.torch import PackSampler
+
+    n = len(pack_sequences)
+    costs = np.asarray(pack_sequences, dtype=np.float64)  # any costs: balancing only reorders
+    samplers = [PackSampler(costs, num_replicas=world, rank=r, batch_size=batch_size, grad_accum=grad_accum,
+                            seed=seed) for r in range(world)]
+    max_steps = None
+    steps = packs = sequences = 0
+    epoch = 0
+    while max_steps is None or steps < max_steps:
+        per_rank = []
+        for s in samplers:
+            s.set_epoch(epoch)
+            per_rank.append(list(s))
+        flat = [i for mine in per_rank for i in mine]
+        assert len(flat) == len(set(flat)) and all(len(mine) == n // world for mine in per_rank)
+        micro = [[mine[i : i + batch_size] for i in range(0, len(mine), batch_size)] for mine in per_rank]
+        epoch_steps = -(-len(micro[0]) // grad_accum)
+        if max_steps is None:
+            max_steps = -(-Fraction(str(float(epochs))) * epoch_steps // 1)
+        for k in range(epoch_steps):
+            if steps == max_steps:
+                break
+            steps += 1
+            for rank_micro in micro:
+                for batch in rank_micro[k * grad_accum : (k + 1) * grad_accum]:
+                    packs += len(batch)
+                    sequences += int(sum(pack_sequences[i] for i in batch))
+        epoch += 1
+    return steps, packs, sequences
+
+
 __all__ = ["REFERENCE_SECTIONS", "REFERENCE_HEADINGS", "slow_padding", "slow_table_rows", "expected_steps",
-           "png_ok"]
+           "png_ok", "sampler_loop"]

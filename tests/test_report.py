@@ -16,6 +16,7 @@ from tests._report_helpers import (
     REFERENCE_SECTIONS,
     expected_steps,
     png_ok,
+    sampler_loop,
     slow_padding,
     slow_table_rows,
 )
@@ -28,19 +29,21 @@ from packer.report import (
     ModelShape,
     TrainingSetup,
     parse_count,
-    render_config,
-    render_json,
-    render_markdown,
     report_from_input,
     report_from_lengths,
     report_from_packed,
     simulate_padding,
 )
+from packer.report_render import render_config, render_json, render_markdown, render_packer_settings
+from packer.schedule import epoch_schedule, run_counts
 from data_samples.synthetic import REFERENCE_ROWS, reference_like_lengths
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data_samples" / "reference_like"
 REFERENCE_SETUP = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4, padding_batch_size=2,
                                 packing_batch_size=1)
+# the reference's padding run pads every row whole (its global_max_length is "(dynamic)", no cut)
+REFERENCE_PADDING = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4, padding_batch_size=2,
+                                  packing_batch_size=1, padding_full_rows=True)
 
 
 # ------------------------------------------------------------------ the full reference-like set, from lengths
@@ -54,7 +57,7 @@ def full_lengths():
 
 @pytest.fixture(scope="module")
 def full_report(full_lengths):
-    return report_from_lengths(full_lengths, capacity=20_000, setup=REFERENCE_SETUP)
+    return report_from_lengths(full_lengths, capacity=20_000, setup=REFERENCE_PADDING)
 
 
 def test_full_padding_figures_equal_the_reference(full_report):
@@ -102,17 +105,23 @@ def test_full_packing_figures_come_from_the_plan(full_report, full_lengths):
     assert pack["packing_efficiency"] >= 0.999
     assert 14.5 <= pack["samples_per_pack"] <= 15.5
     assert pack["samples_per_pack"] == pytest.approx(segments.row.shape[0] / plan.n_packs)
-    assert pack["steps_per_epoch"] == plan.n_packs / 128
-    assert pack["total_optimizer_steps"] == expected_steps(plan.n_packs, "4", 128)
+    # PackSampler's schedule: plan.n_packs // 4 packs per GPU, 32 per optimizer step, no step across epochs
+    assert pack["steps_per_epoch"] == -(-(plan.n_packs // 4) // 32)
+    assert pack["total_optimizer_steps"] == 4 * pack["steps_per_epoch"]
     assert pack["samples_per_step"] == pytest.approx(128 * pack["samples_per_pack"])
-    assert pack["total_samples_seen"] == 4 * segments.row.shape[0]
+    assert pack["packs_left_out_per_epoch"] == plan.n_packs % 4
+    if plan.n_packs % 4 == 0:
+        assert pack["total_samples_seen"] == 4 * segments.row.shape[0]
     assert pack["data_loss"] == pytest.approx(segments.dropped_rows / 99_388)
     assert pack["global_max_length"] == 20_000
     # the speed follows the token cost model: real tokens per processed slot, packing over padding
     assert pack["relative_training_speed"] == pytest.approx(
         pack["packing_efficiency"] / full_report.padding["packing_efficiency"])
     assert pack["relative_training_speed"] > 1.3
-    assert full_report.step_ratio == pack["total_optimizer_steps"] / 3_106
+    # the step ratio compares two epoch loops: padding 99,388 / 4 = 24,847 rows per GPU, ceil(24,847 / 32) = 777
+    assert full_report.padding["loop_steps_per_epoch"] == 777
+    assert full_report.padding["loop_total_optimizer_steps"] == 3_108
+    assert full_report.step_ratio == pack["total_optimizer_steps"] / 3_108
 
 
 # ------------------------------------------------------------------ steps, rounding, rescaling
@@ -128,34 +137,38 @@ def test_steps_follow_the_documented_rounding(rows, epochs):
     assert r.padding["total_optimizer_steps"] == expected_steps(rows, epochs, 128)
     packs = r.packing["packs"]
     assert packs == math.ceil(rows / 10)
-    assert r.packing["total_optimizer_steps"] == expected_steps(packs, epochs, 128)
+    # one GPU: every pack every epoch, ceil(packs / 128) steps an epoch, Trainer's max_steps over the run
+    assert r.packing["steps_per_epoch"] == math.ceil(packs / 128)
+    assert r.packing["total_optimizer_steps"] == expected_steps(r.packing["steps_per_epoch"], epochs, 1)
     whole, _, frac = epochs.partition(".")
     seen = rows * int(whole + frac) / 10 ** len(frac)
     assert r.padding["total_samples_seen"] == round(seen)
 
 
 def test_step_settings_are_rescaled_half_up():
-    # 16 padding steps, 2 packing steps: ratio 1/8; 500/8 = 62.5 -> 63 (half up), 4/8 = 0.5 -> 1, 1/8 -> min 1
-    lengths = np.array([1000] * 512, dtype=np.int64)
+    # 2,048 rows of 1,000 tokens on 4 GPUs, 128 per step: 4 padding steps an epoch, 16 in all.
+    # capacity 4,000: 512 packs, 128 per GPU, 4 steps an epoch: ratio 1 (nothing rescaled)
+    # capacity 16,000: 128 packs, 32 per GPU, 1 step an epoch: ratio 1/16; capacity 8,000: 2 steps, ratio 1/8
+    lengths = np.full(2048, 1000, dtype=np.int64)
     setup = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4,
-                          step_settings={"eval_steps": 500, "warmup_steps": 4, "logging_steps": 1})
+                          step_settings={"eval_steps": 10, "warmup_steps": 1, "save_delay_steps": 500})
+    r = report_from_lengths(lengths, capacity=4_000, setup=setup)
+    assert r.padding["loop_total_optimizer_steps"] == r.padding["total_optimizer_steps"] == 64
+    assert r.packing["total_optimizer_steps"] == 16 and r.step_ratio == 16 / 64
     r = report_from_lengths(lengths, capacity=16_000, setup=setup)
-    assert r.padding["total_optimizer_steps"] == 16
-    assert r.packing["packs"] == 32 and r.packing["total_optimizer_steps"] == 1
-    assert r.step_ratio == 1 / 16
-    assert r.recommended_config["eval_steps"] == 31  # 500 / 16 = 31.25
-    assert r.recommended_config["warmup_steps"] == 1
-    assert r.recommended_config["logging_steps"] == 1
-    r = report_from_lengths(np.array([1000] * 512, dtype=np.int64), capacity=8_000, setup=setup)
-    assert r.step_ratio == 2 / 16
-    assert r.recommended_config["eval_steps"] == 63  # 62.5 rounds up
+    assert r.packing["packs"] == 128 and r.packing["total_optimizer_steps"] == 4
+    assert r.step_ratio == 4 / 64
+    assert r.recommended_config["eval_steps"] == 1  # 10 / 16 = 0.625 -> 1
+    assert r.other_step_settings == {"save_delay_steps": 31}  # 500 / 16 = 31.25; not a TrainingArguments field
+    r = report_from_lengths(lengths, capacity=8_000, setup=setup)
+    assert r.step_ratio == 8 / 64
     cfg = json.loads(render_config(r, fmt_name="json"))
-    assert cfg == {"global_max_length": 8000, "per_device_train_batch_size": 1, "effective_batch_size": 128,
-                   "gradient_accumulation_steps": 32, "num_train_epochs": 4, "eval_steps": 63, "warmup_steps": 1,
-                   "logging_steps": 1}
+    assert cfg == {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 32, "num_train_epochs": 4,
+                   "eval_steps": 1, "warmup_steps": 1}  # 1.25 -> 1, 0.125 -> 1 (at least one step)
+    assert r.other_step_settings == {"save_delay_steps": 63}  # 62.5 rounds up
     yaml = render_config(r)
-    assert "\neval_steps: 63  # padding run: 500 x 0.1250" in yaml
-    assert "\nglobal_max_length: 8000\n" in yaml
+    assert "\neval_steps: 1  # padding run: 10 x 0.1250" in yaml
+    assert "step_setting_floored" in {w.code for w in r.warnings}  # warmup 1 x 0.125 is not proportional
 
 
 # ------------------------------------------------------------------ bad options
@@ -177,6 +190,9 @@ def test_step_settings_are_rescaled_half_up():
         ({"step_settings": {"eval_steps": 0}}, "eval_steps"),
         ({"step_settings": {"eval steps": 5}}, "identifier"),
         ({"step_settings": [("eval_steps", 5), ("eval_steps", 6)]}, "twice"),
+        ({"sampler_seed": -1}, "--sampler-seed"),
+        ({"loss_warning": 1.5}, "--loss-warning"),
+        ({"padding_full_rows": "yes"}, "padding_full_rows"),
     ],
 )
 def test_bad_setup_is_refused(kwargs, words):
@@ -304,7 +320,10 @@ def test_cli_tokenized_json_equals_the_library(capsys):
     lib = report_from_input(SAMPLE, capacity=8192, overflow="split", setup=setup)
     assert out == json.loads(render_json(lib))
     lengths = open_input([SAMPLE]).lengths
-    assert out["padding"]["global_max_length"] == int(lengths.max())
+    # the padding run trains the same pieces as the packs hold (finding 3)
+    assert out["padding"]["global_max_length"] == 8192 < int(lengths.max())
+    assert out["padding"]["samples_analyzed"] == out["packing"]["samples_analyzed"]
+    assert out["padding"]["tokens_per_epoch"] == out["packing"]["tokens_per_epoch"] == int(lengths.sum())
     assert out["packing"]["sequences_split"] == int(np.count_nonzero(lengths > 8192))
     assert out["packing"]["data_loss"] == 0.0
     assert out["padding"]["gradient_accumulation_steps"] == 4 and out["packing"]["gradient_accumulation_steps"] == 8
@@ -334,13 +353,19 @@ def test_cli_packed_folder_with_drops(packed_sample, capsys):
     out = json.loads(capsys.readouterr().out)
     ref = report_from_input(SAMPLE, capacity=20_000, overflow="drop", setup=REFERENCE_SETUP)
     assert out["source"]["kind"] == "packed" and out["source"]["lengths_exact"] is False
-    # the packs are read back exactly; only the dropped rows' individual lengths are spread from the totals
+    # the packs are read back exactly, and the padding run trains the same sequences: both columns exact
     assert out["packing"] == json.loads(render_json(ref))["packing"]
+    assert out["padding"] == json.loads(render_json(ref))["padding"]
+    # padding every row whole needs the dropped rows' lengths, which are spread from the manifest's totals
+    full = TrainingSetup(padding_full_rows=True)
+    ref_full = report_from_input(SAMPLE, capacity=20_000, overflow="drop", setup=full)
+    assert main(["report", str(packed_sample["drop"]), "--format", "json", "--padding-full-rows"]) == 0
+    out = json.loads(capsys.readouterr().out)
     for key in ("total_samples", "samples_analyzed", "global_max_length", "avg_sequence_length",
                 "total_optimizer_steps", "tokens_per_epoch", "padding_overhead_global_max"):
-        assert out["padding"][key] == pytest.approx(ref.padding[key]), key
-    assert out["padding"]["padding_overhead"] == pytest.approx(ref.padding["padding_overhead"], abs=0.02)
-    assert main(["report", str(packed_sample["drop"])]) == 0
+        assert out["padding"][key] == pytest.approx(ref_full.padding[key]), key
+    assert out["padding"]["padding_overhead"] == pytest.approx(ref_full.padding["padding_overhead"], abs=0.02)
+    assert main(["report", str(packed_sample["drop"]), "--padding-full-rows"]) == 0
     assert "spread from the manifest's totals" in capsys.readouterr().out
 
 
@@ -365,14 +390,6 @@ def test_truncate_lengths_are_recovered(tmp_path):
 # ------------------------------------------------------------------ plot
 
 
-def test_plot_is_a_png(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
-    png = tmp_path / "report.png"
-    assert main(["report", str(SAMPLE), "--plot", str(png)]) == 0
-    assert png_ok(png)
-    assert png.stat().st_size > 10_000  # three panels, not an empty canvas
-
-
 def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -389,10 +406,271 @@ def test_nothing_to_pack_is_an_error():
         report_from_lengths(np.zeros(5, dtype=np.int64), capacity=10)
     with pytest.raises(PackerError, match="every row was dropped or empty"):
         report_from_lengths(np.array([50, 60]), capacity=10, overflow="drop")
+    # 3 packs cannot feed 4 GPUs: PackSampler refuses it, so the report does too
+    with pytest.raises(PackerError, match="3 packs cannot give each of 4 GPUs one"):
+        report_from_lengths(np.array([10, 10, 10]), capacity=10)
+    with pytest.raises(PackerError, match="cannot give each of 4 ranks one"):
+        epoch_schedule(3, world=4)
 
 
 def test_cli_config_only(capsys):
     assert main(["report", str(SAMPLE), "--config-only", "--config-format", "json", "--save-steps", "1000"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["per_device_train_batch_size"] == 1 and cfg["gradient_accumulation_steps"] == 32
-    assert cfg["global_max_length"] == 20_000 and 1 <= cfg["save_steps"] < 1000
+    assert 1 <= cfg["save_steps"] < 1000
+    assert "global_max_length" not in cfg and "effective_batch_size" not in cfg  # not TrainingArguments fields
+
+
+# ------------------------------------------------------------------ finding 1: the schedule a PackSampler loop trains
+
+
+@pytest.fixture(scope="module")
+def sample_lengths():
+    return open_input([SAMPLE]).lengths
+
+
+def _pack_sequences(n):
+    # a readable, uneven number of sequences per pack: 1..13
+    return (np.arange(n, dtype=np.int64) * 7) % 13 + 1
+
+
+# (packs, per-device batch, accumulation, epochs): remainders of packs over ranks and of packs over steps, an
+# epoch shorter than one step, a fractional run
+LOOP_CASES = [(33, 1, 32, 4), (57, 2, 3, 2), (100, 1, 1, 1.5), (41, 3, 2, 3)]
+
+
+@pytest.mark.parametrize("world", range(1, 9))
+@pytest.mark.parametrize("n, batch, accum, epochs", LOOP_CASES)
+def test_schedule_equals_a_pack_sampler_loop(world, n, batch, accum, epochs):
+    pytest.importorskip("torch")
+    seqs = _pack_sequences(n)
+    steps, packs, sequences = sampler_loop(seqs, world=world, batch_size=batch, grad_accum=accum, epochs=epochs)
+    run = run_counts(seqs, world=world, batch_size=batch, grad_accum=accum, epochs=epochs)
+    assert (run.steps, run.samples) == (steps, packs)
+    if float(epochs).is_integer():
+        assert run.exact and run.sequences == sequences
+    else:
+        # the fractional last epoch's packs depend on the balancing: estimated at its kept packs' mean
+        assert not run.exact and abs(run.sequences - sequences) <= packs
+    sched = epoch_schedule(n, world=world, batch_size=batch, grad_accum=accum)
+    assert sched.left_out == n % world and sched.per_rank == n // world
+
+
+@pytest.mark.parametrize("world", range(1, 9))
+@pytest.mark.parametrize("batch, accum, epochs", [(1, 32, 4), (2, 1, 3), (1, 3, 2)])
+def test_report_predicts_the_sampler_loop(world, batch, accum, epochs, sample_lengths):
+    pytest.importorskip("torch")
+    setup = TrainingSetup(num_gpus=world, effective_batch_size=world * batch * accum, epochs=epochs,
+                          padding_batch_size=1, packing_batch_size=batch)
+    r = report_from_lengths(sample_lengths, capacity=20_000, setup=setup)
+    seqs = r.distributions.pack_sequences
+    steps, packs, sequences = sampler_loop(seqs, world=world, batch_size=batch, grad_accum=accum, epochs=epochs)
+    assert r.packing["total_optimizer_steps"] == steps
+    assert r.packing["steps_per_epoch"] == steps // epochs
+    assert r.packing["total_packs_seen"] == packs
+    assert r.packing["total_samples_seen"] == sequences
+    assert r.packing["packs_per_epoch"] == packs // epochs
+
+
+def test_the_issue_cases_match_the_sampler(sample_lengths):
+    pytest.importorskip("torch")
+    # 33 packs, 4 GPUs, effective batch 128, 4 epochs: 1 step per epoch, 4 in all, 1,831 sequences (not 0.258,
+    # 2 and 1,996)
+    r = report_from_lengths(sample_lengths, capacity=20_000, setup=REFERENCE_SETUP)
+    assert r.packing["packs"] == 33
+    assert (r.packing["steps_per_epoch"], r.packing["total_optimizer_steps"]) == (1, 4)
+    assert r.packing["total_samples_seen"] == 1_831
+    assert sampler_loop(r.distributions.pack_sequences, world=4, batch_size=1, grad_accum=32, epochs=4) == (
+        4, 128, 1_831)
+    # 1,113 packs: 4 GPUs x 32 -> 36 steps (not 35); 8 GPUs x 2 x 4, 3 epochs -> 54 (not 53)
+    seqs = _pack_sequences(1_113)
+    assert run_counts(seqs, world=4, grad_accum=32, epochs=4).steps == 36
+    assert run_counts(seqs, world=8, batch_size=2, grad_accum=4, epochs=3).steps == 54
+    assert sampler_loop(seqs, world=8, batch_size=2, grad_accum=4, epochs=3)[0] == 54
+
+
+def test_padding_loop_steps_equal_a_distributed_sampler_loop():
+    torch_data = pytest.importorskip("torch.utils.data")
+    for rows, world, batch, accum in [(99_388, 4, 2, 16), (1_001, 3, 2, 5), (10, 4, 1, 1)]:
+        sched = epoch_schedule(rows, world=world, batch_size=batch, grad_accum=accum, remainder="repeat")
+        sampler = torch_data.DistributedSampler(range(rows), num_replicas=world, rank=world - 1, drop_last=False)
+        loader = torch_data.DataLoader(range(rows), batch_size=batch, sampler=sampler)
+        assert sched.per_rank == len(sampler) and sched.micro_batches == len(loader)
+        assert sched.steps_per_epoch == -(-len(loader) // accum)  # Trainer's num_update_steps_per_epoch
+
+
+# ------------------------------------------------------------------ finding 2: warnings; packing advised only when it holds
+
+
+def test_doubtful_defaults_warn_and_do_not_recommend_packing(capsys):
+    # the sample with the defaults: 33 packs for 4 GPUs x 32 per step, 11.5% of the tokens dropped
+    assert main(["report", str(SAMPLE)]) == 0
+    md = capsys.readouterr().out
+    assert "## Warnings" in md and "**Use packing mode**" not in md
+    assert "not recommended as configured" in md
+    assert main(["report", str(SAMPLE), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    codes = [w["code"] for w in out["warnings"]]
+    assert codes == ["under_one_step_per_epoch", "few_steps_per_epoch", "data_loss", "packs_left_out"]
+    assert out["use_packing"] is False
+    assert "11.52% of the tokens" in out["warnings"][2]["message"] and "--overflow split" in out["warnings"][2][
+        "message"]
+    assert "warning (data_loss)" in captured.err  # JSON and --config-only users see them on stderr
+
+
+@pytest.mark.parametrize(
+    "setup_kwargs, plan_kwargs, codes",
+    [
+        # 2,048 rows of 1,000 tokens, 8 rows a pack: 256 packs, 64 per GPU, 2 steps an epoch
+        ({}, {"capacity": 8_000}, ["few_steps_per_epoch"]),
+        # 16 rows a pack: 128 packs, 32 per GPU: 1 step, and a full one
+        ({}, {"capacity": 16_000}, ["few_steps_per_epoch"]),
+        # 6 rows a pack: 342 packs, 2 left out per epoch on 4 GPUs (0.6%, under the 2% threshold)
+        ({"effective_batch_size": 8}, {"capacity": 6_000}, []),
+        ({"effective_batch_size": 8, "loss_warning": 0.001}, {"capacity": 6_000}, ["packs_left_out"]),
+    ],
+)
+def test_each_warning_has_its_trigger(setup_kwargs, plan_kwargs, codes):
+    setup = TrainingSetup(**{"num_gpus": 4, "effective_batch_size": 128, "epochs": 4, **setup_kwargs})
+    r = report_from_lengths(np.full(2048, 1000, dtype=np.int64), setup=setup, **plan_kwargs)
+    assert [w.code for w in r.warnings] == codes
+    assert r.use_packing is False  # equal lengths: padding wastes nothing, packing is no faster
+
+
+def test_loss_threshold_and_full_rows_warnings(sample_lengths):
+    # one GPU, 2 packs per step: 17 steps an epoch; 11.5% of the tokens lost is under a 20% threshold
+    one = dict(num_gpus=1, effective_batch_size=2, loss_warning=0.2)
+    r = report_from_lengths(sample_lengths, capacity=20_000, setup=TrainingSetup(**one))
+    assert [w.code for w in r.warnings] == []
+    assert r.use_packing is True
+    assert "**Use packing mode**" in render_markdown(r)
+    r = report_from_lengths(sample_lengths, capacity=20_000, setup=TrainingSetup(**one, padding_full_rows=True))
+    assert [w.code for w in r.warnings] == ["different_data"]
+    assert r.use_packing is False
+
+
+def test_the_full_set_recommends_packing(full_lengths):
+    r = report_from_lengths(full_lengths, capacity=20_000, setup=REFERENCE_SETUP)
+    assert r.warnings == () and r.use_packing
+    md = render_markdown(r)
+    assert "**Use packing mode**" in md and "## Warnings" not in md
+    assert r.packing["steps_per_epoch"] >= 10
+
+
+# ------------------------------------------------------------------ finding 3: the same data on both sides
+
+
+@pytest.mark.parametrize("overflow", ["drop", "truncate", "split"])
+def test_padding_trains_the_sequences_the_packs_hold(overflow, sample_lengths):
+    r = report_from_lengths(sample_lengths, capacity=4096, overflow=overflow, setup=REFERENCE_SETUP)
+    segments = make_segments(sample_lengths, capacity=4096, overflow=overflow)
+    d = r.distributions
+    np.testing.assert_array_equal(np.sort(d.trained_lengths), np.sort(segments.length.astype(np.int64)))
+    assert int(d.pack_tokens.sum()) == int(d.trained_lengths.sum()) == r.padding["tokens_per_epoch"]
+    assert r.padding["global_max_length"] <= 4096
+    assert r.padding["samples_analyzed"] == r.packing["samples_analyzed"]
+    assert "same max length and overflow policy" in r.notes["global_max_length"]
+    assert "same max length (4,096) and overflow policy" in render_markdown(r)
+
+
+def test_split_speedup_is_not_inflated_by_whole_rows(sample_lengths):
+    setup = dict(num_gpus=4, effective_batch_size=128, epochs=4)
+    same = report_from_lengths(sample_lengths, capacity=4096, overflow="split", setup=TrainingSetup(**setup))
+    full = report_from_lengths(sample_lengths, capacity=4096, overflow="split",
+                               setup=TrainingSetup(**setup, padding_full_rows=True))
+    assert full.padding["global_max_length"] == int(sample_lengths.max())  # padded whole: 38,787 tokens
+    assert same.packing["relative_training_speed"] < full.packing["relative_training_speed"]
+    assert "different_data" in {w.code for w in full.warnings}
+    assert "different_data" not in {w.code for w in same.warnings}
+
+
+# ------------------------------------------------------------------ finding 4: blocks users can paste
+
+
+def _training_arguments(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    import transformers.training_args as ta
+
+    # the fields and their checks run; the device set-up (which needs accelerate, not in the dev install) does not
+    monkeypatch.setattr(ta, "is_torch_available", lambda: False)
+    return transformers.TrainingArguments
+
+
+def test_config_block_builds_training_arguments(tmp_path, monkeypatch):
+    yaml = pytest.importorskip("yaml")
+    TrainingArguments = _training_arguments(monkeypatch)
+    setup = TrainingSetup(num_gpus=4, effective_batch_size=128, epochs=4, step_settings={
+        "eval_steps": 500, "save_steps": 1000, "warmup_steps": 100, "logging_steps": 10, "save_delay_steps": 2000})
+    r = report_from_input(SAMPLE, capacity=8192, overflow="split", setup=setup)
+    for text, load in ((render_config(r), yaml.safe_load), (render_config(r, fmt_name="json"), json.loads)):
+        cfg = load(text)
+        args = TrainingArguments(output_dir=str(tmp_path), **cfg)
+        assert args.gradient_accumulation_steps == 32 and args.per_device_train_batch_size == 1
+        assert args.num_train_epochs == 4 and args.eval_steps == cfg["eval_steps"] >= 1
+    assert "save_delay_steps" not in cfg and r.other_step_settings["save_delay_steps"] >= 1
+    md = render_markdown(r)
+    assert "not `TrainingArguments` fields" in md and "\nsave_delay_steps: " in md
+
+
+def test_packer_settings_block_packs_the_reported_plan(tmp_path, capsys):
+    import shlex
+
+    r = report_from_input(SAMPLE, capacity=8192, overflow="split", strategy="mixed", setup=REFERENCE_SETUP)
+    command = render_packer_settings(r).splitlines()[0]
+    argv = shlex.split(command.replace("INPUT", str(SAMPLE)).replace("PACKED", str(tmp_path / "p")))
+    assert argv[0] == "packer"
+    assert main(argv[1:]) == 0
+    again = report_from_packed(tmp_path / "p", setup=REFERENCE_SETUP)
+    assert again.packing == r.packing
+    assert "grad_accum=32" in render_packer_settings(r) and "--filler" in command
+
+
+# ------------------------------------------------------------------ finding 5: the picture
+
+
+def test_plot_shows_slots_steps_and_lengths(sample_lengths):
+    pytest.importorskip("matplotlib")
+    from packer.plot import report_figure
+
+    r = report_from_lengths(sample_lengths, capacity=20_000, setup=REFERENCE_SETUP)
+    slots, steps, lengths = report_figure(r).axes
+    # token slots: real tokens and padding per mode, the lost tokens apart
+    heights = [round(p.get_height()) for p in slots.patches]
+    pad, pack = r.padding, r.packing
+    assert heights[:2] == [pad["tokens_per_epoch"], pack["tokens_per_epoch"]]
+    assert heights[2:4] == [round(pad["token_slots_per_epoch"] - pad["tokens_per_epoch"]),
+                            pack["token_slots_per_epoch"] - pack["tokens_per_epoch"]]
+    assert heights[4] == pack["tokens_lost"] > 0
+    # steps: the loop counts, integer ticks
+    assert [round(p.get_height()) for p in steps.patches] == [pad["loop_total_optimizer_steps"],
+                                                               pack["total_optimizer_steps"]]
+    assert all(float(t).is_integer() for t in steps.get_yticks())
+    # lengths: integer counts, the axis starts at the shortest row (not at 1), the capacity marked
+    assert all(float(t).is_integer() for t in lengths.get_yticks())
+    lo = int(sample_lengths[sample_lengths > 0].min())
+    assert lengths.get_xlim()[0] == pytest.approx(lo)
+    assert [line.get_xdata()[0] for line in lengths.lines] == [20_000]
+
+
+def test_plot_is_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "report.png"
+    assert main(["report", str(SAMPLE), "--plot", str(png)]) == 0
+    assert png_ok(png)
+    assert png.stat().st_size > 10_000  # three panels, not an empty canvas
+
+
+@pytest.mark.parametrize("where", ["missing/report.png", "."])
+def test_plot_path_is_checked_before_any_work(where, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import packer.cli.report as cli_report
+
+    def no_work(*a, **k):
+        raise AssertionError("the report was computed before the plot path was checked")
+
+    monkeypatch.setattr(cli_report, "report_from_input", no_work)
+    assert main(["report", str(SAMPLE), "--plot", str(tmp_path / where)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--plot" in captured.err and ("does not exist" in captured.err or "is a folder" in captured.err)

@@ -10,10 +10,12 @@ examples:
   packer report data/ --num-gpus 8 --effective-batch-size 256 --epochs 3 --max-length 8192 --overflow split
   packer report data/ --eval-steps 500 --save-steps 1000 --warmup-steps 100 --step-setting save_delay_steps=2000
   packer report data/ --num-params 7B --plot report.png
+  packer report data/ --padding-full-rows      # the reference's padding run: every row padded whole
 """
 from __future__ import annotations
 
 import argparse
+import logging
 
 from packer import format as fmt
 from packer.errors import PackerError
@@ -27,14 +29,15 @@ from packer.report import (
     REFERENCE_PADDING_BATCH,
     ModelShape,
     TrainingSetup,
+    DATA_LOSS_WARNING,
     is_packed_folder,
     parse_count,
-    render_config,
-    render_json,
-    render_markdown,
     report_from_input,
     report_from_packed,
 )
+from packer.report_render import render_config, render_json, render_markdown
+
+log = logging.getLogger(__name__)
 
 NAME = "report"
 HELP = "compare padding and packing for a training run (steps, padding, speed, recommended config)"
@@ -79,6 +82,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="per-device batch in packing mode, in packs (default %(default)s)")
     run.add_argument("--padding-seed", type=int, default=0,
                      help="seed of the simulated padding-mode shuffles (default %(default)s)")
+    run.add_argument("--sampler-seed", type=int, default=0,
+                     help="PackSampler's seed in the packing run: it picks the packs each epoch leaves out "
+                     "(default %(default)s)")
+    run.add_argument("--padding-full-rows", action="store_true",
+                     help="pad every row whole in the padding column (the reference's padding run) instead of "
+                     "the same sequences as the packs hold; the columns then compare different data")
+    run.add_argument("--loss-warning", type=float, default=DATA_LOSS_WARNING, metavar="FRACTION",
+                     help="warn (and do not recommend packing) when the overflow policy or the sampler loses more "
+                     "than this share of the rows, tokens or packs (default %(default)g)")
     plan = p.add_argument_group("packing plan (tokenized input; a packed folder has its own)")
     plan.add_argument("--max-length", type=int, default=None,
                       help=f"tokens per pack (default {fmt.DEFAULT_CAPACITY})")
@@ -109,10 +121,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--config-format", choices=["yaml", "json"], default="yaml",
                      help="format of the recommended configuration block (default %(default)s)")
     out.add_argument("--config-only", action="store_true",
-                     help="print only the recommended configuration block (in --config-format)")
+                     help="print only the recommended TrainingArguments block (in --config-format)")
     out.add_argument("--plot", metavar="FILE.png",
-                     help="also draw the length histogram, pack fill and sequences per pack (needs matplotlib: "
-                     "pip install 'packer-llm[plot]')")
+                     help="also draw token slots (real and padding) and optimizer steps per mode and the length "
+                     "distribution with the capacity marked (needs matplotlib: pip install 'packer-llm[plot]')")
 
 
 def _setup(args) -> TrainingSetup:
@@ -126,6 +138,9 @@ def _setup(args) -> TrainingSetup:
         packing_batch_size=args.packing_batch_size,
         padding_seed=args.padding_seed,
         step_settings=tuple(settings + list(args.step_setting)),
+        sampler_seed=args.sampler_seed,
+        padding_full_rows=args.padding_full_rows,
+        loss_warning=args.loss_warning,
     )
 
 
@@ -139,9 +154,10 @@ def run(args: argparse.Namespace) -> int:
     setup = _setup(args)
     model = _model(args)
     if args.plot:
-        from packer.plot import require_matplotlib
+        from packer.plot import check_plot_path, require_matplotlib
 
         require_matplotlib()  # fail before the work, not after it
+        check_plot_path(args.plot)
     packed = [p for p in args.inputs if is_packed_folder(p)]
     if packed:
         if len(args.inputs) > 1:
@@ -159,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
         plan = {key: default if getattr(args, option) is None else getattr(args, option)
                 for option, (key, default) in _PLAN_OPTIONS.items()}
         report = report_from_input(args.inputs, columns=Columns(args.input_column), setup=setup, model=model, **plan)
+    if args.config_only or args.format == "json":
+        for w in report.warnings:  # the Markdown shows them; the other outputs are for machines, so say it here
+            log.warning("warning (%s): %s", w.code, w.message)
     if args.config_only:
         print(render_config(report, fmt_name=args.config_format))
     elif args.format == "json":

@@ -35,6 +35,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from packer.errors import PackerError
+from packer.schedule import EpochSchedule, epoch_schedule
 
 log = logging.getLogger(__name__)
 
@@ -166,19 +167,24 @@ class PackSampler(Sampler[int]):
         return self.batch_size * self.grad_accum
 
     @property
+    def _schedule(self) -> EpochSchedule:
+        # packer.schedule is the one source of truth for the sizes (packer report predicts from it too)
+        return epoch_schedule(self.n, world=self.num_replicas, batch_size=self.batch_size, grad_accum=self.grad_accum)
+
+    @property
     def packs_per_rank(self) -> int:
         """Packs each rank gets per epoch: ``n // num_replicas``."""
-        return self.n // self.num_replicas
+        return self._schedule.per_rank
 
     @property
     def dropped_per_epoch(self) -> int:
         """Packs left out of each epoch so every rank gets as many (``n % num_replicas``; they change per epoch)."""
-        return self.n % self.num_replicas
+        return self._schedule.left_out
 
     @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch (the last may hold fewer than ``grad_accum`` micro-batches)."""
-        return math.ceil(self.packs_per_rank / self.packs_per_step)
+        return self._schedule.steps_per_epoch
 
     def __len__(self) -> int:
         """Packs this rank still yields in the current epoch (all of them unless resumed mid-epoch)."""
