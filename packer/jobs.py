@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -68,9 +69,17 @@ class ShardJob:
         return int(self.pack_tokens.sum())
 
 
+class LabelCounts(NamedTuple):
+    """What the labels of a built shard hold: tokens trained on, and the sequences with none (and their tokens)."""
+
+    label_tokens: int
+    untrainable_sequences: int
+    untrainable_tokens: int
+
+
 @dataclass(frozen=True)
 class ShardResult:
-    """What a job returns: the shard's manifest entry, its label-token count and its timings (seconds)."""
+    """What a job returns: the shard's manifest entry, its label counts and its timings (seconds)."""
 
     index: int
     info: ShardInfo
@@ -78,6 +87,8 @@ class ShardResult:
     tokens: int
     gather_s: float
     write_s: float
+    untrainable_sequences: int = 0
+    untrainable_tokens: int = 0
 
 
 def make_plan(lengths: np.ndarray, *, config, file_rows: np.ndarray) -> tuple[Segments, PackPlan, dict]:
@@ -150,8 +161,8 @@ def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, sh
         )
 
 
-def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, int]:
-    """The shard's table and its number of label tokens (the same table for the same job, in any process).
+def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, LabelCounts]:
+    """The shard's table and its :class:`LabelCounts` (the same table for the same job, in any process).
 
     ``buffers`` (a :class:`packer.convert.ShardBuffers`) lets successive jobs reuse their output arrays; the
     table is a view of them until it has been written.
@@ -175,7 +186,7 @@ def run_shard_job(job: ShardJob) -> ShardResult:
     return write_job_table(job, table, n_labels, gather_s=time.perf_counter() - t0)
 
 
-def write_job_table(job: ShardJob, table: pa.Table, n_labels: int, *, gather_s: float) -> ShardResult:
+def write_job_table(job: ShardJob, table: pa.Table, n_labels: LabelCounts, *, gather_s: float) -> ShardResult:
     """Write a built shard table (the second half of :func:`run_shard_job`; safe to run in another thread)."""
     t1 = time.perf_counter()
     name = fmt.shard_name(job.index, job.n_shards)
@@ -183,8 +194,10 @@ def write_job_table(job: ShardJob, table: pa.Table, n_labels: int, *, gather_s: 
         info = write_shard_uri(f"{job.dest.rstrip('/')}/{name}", table)
     else:
         info = write_shard_file(Path(job.dest) / name, table)
-    return ShardResult(index=job.index, info=info, label_tokens=n_labels, tokens=job.tokens,
-                       gather_s=gather_s, write_s=time.perf_counter() - t1)
+    return ShardResult(index=job.index, info=info, label_tokens=n_labels.label_tokens, tokens=job.tokens,
+                       gather_s=gather_s, write_s=time.perf_counter() - t1,
+                       untrainable_sequences=n_labels.untrainable_sequences,
+                       untrainable_tokens=n_labels.untrainable_tokens)
 
 
 def write_shard_uri(uri: str, table: pa.Table) -> ShardInfo:

@@ -56,27 +56,96 @@ ARROW_STREAM_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 INPUT_SUFFIXES = (".arrow", ".parquet", ".parq")
 
 
+DETECT = "<detect>"
+"""Default of :attr:`Columns.labels` and :attr:`Columns.loss_mask`: look for the column in the input (see
+:func:`resolve_columns`). Not a possible column name of a tokenized dataset (no tokenizer pipeline writes ``<``)."""
+LABELS = "labels"
+LOSS_MASK = "loss_mask"
+ATTENTION_MASK = "attention_mask"
+DOCS_INPUT = "docs/input.md"
+SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval", "evaluation")
+"""Names that mark a split of a dataset when a folder or a file name is one of them (the Hugging Face hub's
+``data/train-00000-of-00002.parquet``, a ``DatasetDict`` folder's ``train/``)."""
+
+
+class ConfigError(PackerError):
+    """A bad value for a parameter of :class:`Columns` or :class:`packer.convert.PackConfig`.
+
+    Attributes:
+        owner: the class (``"PackConfig"``), param: the parameter, value: what was given, rule: what it must be.
+    The message names the Python parameter; the CLI prints the flag instead (:meth:`message_for`).
+    """
+
+    def __init__(self, owner: str, param: str, value, rule: str):
+        self.owner, self.param, self.value, self.rule = owner, param, value, rule
+        super().__init__(self.message_for(f"{owner}({param}={value!r})"))
+
+    def message_for(self, where: str) -> str:
+        return f"{where}: {self.rule}"
+
+
+def _column_name(owner: str, param: str, value, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise ConfigError(owner, param, value, "must be a column name (a non-empty string)"
+                          + (", or None" if optional else ""))
+
+
 @dataclass(frozen=True)
 class Columns:
-    """Which input columns to read.
+    """Which input columns to read, checked when built.
+
+    By default packer looks for a ``labels`` column, else a ``loss_mask`` column, in every input file
+    (:func:`resolve_columns`); ``packer pack`` and :func:`packer.convert.pack_dataset` decide the same way. Naming
+    one of the two (or passing None) turns detection off: ``Columns(labels=None)`` trains on every token.
 
     Attributes:
         input_ids: the token column (a list of integers per row).
-        labels: a label column of the same lengths (``-100`` = not trained on), or None.
-        loss_mask: a 0/1 column of the same lengths (1 = trained on), or None. At most one of labels/loss_mask.
+        labels: a label column of the same lengths (``-100`` = not trained on), None, or :data:`DETECT`.
+        loss_mask: a 0/1 column of the same lengths (1 = trained on), None, or :data:`DETECT`. At most one of
+            labels/loss_mask.
+
+    Raises:
+        ConfigError: a name that is not a non-empty string, both labels and loss_mask, a column used twice, or an
+            ``attention_mask`` given as the loss mask (it marks padding, not the tokens to train on).
     """
 
     input_ids: str = "input_ids"
-    labels: str | None = None
-    loss_mask: str | None = None
+    labels: str | None = DETECT
+    loss_mask: str | None = DETECT
 
     def __post_init__(self):
+        _column_name("Columns", "input_ids", self.input_ids, optional=False)
+        if (self.labels == DETECT) != (self.loss_mask == DETECT):  # one named: the other is not read
+            object.__setattr__(self, "labels" if self.labels == DETECT else "loss_mask", None)
+        if self.detect:
+            return
+        _column_name("Columns", "labels", self.labels, optional=True)
+        _column_name("Columns", "loss_mask", self.loss_mask, optional=True)
         if self.labels is not None and self.loss_mask is not None:
-            raise PackerError("give either a labels column or a loss-mask column, not both")
+            raise ConfigError("Columns", "loss_mask", self.loss_mask,
+                              f"give either a labels column or a loss-mask column, not both (labels={self.labels!r})")
+        for param in ("labels", "loss_mask"):
+            if getattr(self, param) == self.input_ids:
+                raise ConfigError("Columns", param, self.input_ids, "is the token column (input_ids) itself")
+        if self.loss_mask == ATTENTION_MASK:
+            raise ConfigError(
+                "Columns", "loss_mask", self.loss_mask,
+                "an attention mask marks padding, not the tokens to train on: as a loss mask it would train on "
+                "every real token, prompts included. Give the column that marks trained tokens (a 0/1 loss mask, "
+                f"or labels with -100); see {DOCS_INPUT}")
+
+    @property
+    def detect(self) -> bool:
+        """Whether the labels or loss-mask column is still to be found in the input."""
+        return self.labels == DETECT
 
     @property
     def names(self) -> list[str]:
         """The columns to read: ``input_ids`` first, then the labels or loss-mask column if any."""
+        if self.detect:
+            raise AssertionError("Columns.names before resolve_columns")
         return [self.input_ids] + [c for c in (self.labels, self.loss_mask) if c is not None]
 
 
@@ -187,28 +256,44 @@ def filesystem(path) -> tuple[pafs.FileSystem, str, bool]:
     return fs, inner, isinstance(fs, pafs.LocalFileSystem)
 
 
-def resolve_paths(paths) -> list[str]:
-    """Expand folders, globs, ``save_to_disk`` folders and folder URIs into an ordered list of data files."""
+def resolve_paths(paths, *, split: str | None = None) -> list[str]:
+    """Expand folders, globs, ``save_to_disk`` folders and folder URIs into an ordered list of data files.
+
+    A folder must hold one dataset: a folder holding several (the splits of a ``DatasetDict`` at any depth,
+    several ``save_to_disk`` folders, or files whose folder or file name is a split name such as ``train/`` and
+    ``test/``) is refused with their names, unless ``split`` picks one of them by its split name. Files and globs
+    are taken as given.
+
+    Args:
+        paths: a path or paths (files, folders, globs) or URIs.
+        split: the split to take from folders that hold several (``--split``).
+
+    Raises:
+        PackerError: a missing path, a folder with no data or several datasets, a packed folder, or a ``split``
+            that no folder holds.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [str(p) for p in paths]
     if not paths:
         raise PackerError("no input given; pass one or more tokenized .arrow/.parquet files or folders")
+    if split is not None and (not isinstance(split, str) or not split):
+        raise ConfigError("pack_dataset", "split", split, "must be the name of a split (a non-empty string)")
     uris = [p for p in paths if is_uri(p)]
     if uris and len(uris) != len(paths):
         raise PackerError("mix of local paths and URIs; pass inputs of one kind (or file:// URIs for local files)")
     files: list[str] = []
     for p in paths:
         if uris:
-            files.extend(_expand_uri(p))
+            files.extend(_expand_uri(p, split))
         elif any(ch in p for ch in "*?["):
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:
                 raise PackerError(f"{p}: the pattern matches no file")
             for m in matches:
-                files.extend(_expand(Path(m)))
+                files.extend(_expand(Path(m), split))
         else:
-            files.extend(_expand(Path(p)))
+            files.extend(_expand(Path(p), split))
     seen = set()
     for f in files:
         if f in seen:
@@ -217,60 +302,149 @@ def resolve_paths(paths) -> list[str]:
     return files
 
 
-def _expand(path: Path) -> list[str]:
+def _packed_folder_error(path) -> PackerError:
+    return PackerError(
+        f"{path}: is a packed folder (it has {MANIFEST_FILE}); packer packs tokenized rows, and packing packs "
+        "again would merge their sequences into one. Pack the original tokenized input with the new options "
+        f"(its files are listed under 'input' in {MANIFEST_FILE})")
+
+
+def _split_of(rel: str) -> str | None:
+    """The split a data file belongs to, from its relative path: a folder named like a split, else a file name
+    that starts with one (``train-00000-of-00002.parquet``, ``test.arrow``)."""
+    parts = rel.split("/")
+    for part in parts[:-1]:
+        if part.lower() in SPLIT_NAMES:
+            return part
+    stem = parts[-1].split(".")[0]
+    head = stem.split("-")[0].split("_")[0]
+    return head if head.lower() in SPLIT_NAMES else None
+
+
+def _group_datasets(rel_files: list[str]) -> list[tuple[str, str | None, list[str], str | None]]:
+    """Split a folder's listing (relative POSIX paths of its data files and ``state.json`` files) into its
+    datasets: ``(name, split, data files, save_to_disk folder or None)``, one per ``save_to_disk`` folder, and one
+    per split of the other files (those of no split form one dataset named ``.``). Empty datasets are left out."""
+    roots = sorted({posixpath.dirname(f) for f in rel_files if posixpath.basename(f) == "state.json"})
+    data = sorted(f for f in rel_files if f.endswith(INPUT_SUFFIXES))
+    out: list[tuple[str, str | None, list[str], str | None]] = []
+    claimed: set[str] = set()
+    # innermost first: a state.json inside another dataset's folder is its own dataset
+    for root in sorted(roots, key=lambda r: -r.count("/")):
+        prefix = root + "/" if root else ""
+        mine = [f for f in data if f.startswith(prefix) and f not in claimed]
+        claimed.update(mine)
+        out.append((root or ".", posixpath.basename(root) or None, mine, root))
+    loose: dict[str | None, list[str]] = {}
+    for f in data:
+        if f not in claimed:
+            loose.setdefault(_split_of(f), []).append(f)
+    for key, fs in loose.items():
+        out.append((key if key is not None else ".", key, fs, None))
+    return sorted((d for d in out if d[2]), key=lambda d: d[0])
+
+
+def _pick(where, datasets: list, split: str | None) -> tuple:
+    """The one dataset of a folder (or its ``split``) from :func:`_group_datasets`, or a PackerError naming all."""
+    names = ", ".join(d[0] for d in datasets)
+    if split is not None:
+        chosen = [d for d in datasets if d[1] == split]
+        if not chosen:
+            raise PackerError(f"{where}: holds no split {split!r} (datasets found: {names}); pass one of their "
+                              "split names to --split, or the path of the one to pack")
+        if len(chosen) > 1:
+            raise PackerError(f"{where}: {len(chosen)} datasets have a split {split!r}: "
+                              f"{', '.join(d[0] for d in chosen)}; pass the path of the one to pack")
+        return chosen[0]
+    if len(datasets) > 1:
+        raise PackerError(
+            f"{where}: holds {len(datasets)} datasets ({names}); packing them together would mix them (test rows "
+            "into training). Pass the path of the one to pack, or --split NAME (split= in Python) to take one split")
+    return datasets[0]
+
+
+def _state_files(path: Path) -> list[str]:
+    """The data files of a ``save_to_disk`` folder, in the order its ``state.json`` lists them."""
+    state = path / "state.json"
+    try:
+        data_files = json.loads(state.read_text())["_data_files"]
+        names = [d["filename"] for d in data_files]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PackerError(f"{state}: not a readable datasets state.json ({e}); re-save the dataset") from None
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        raise PackerError(f"{path}: state.json lists {missing[0]}, which is missing; re-save the dataset")
+    return [str(path / n) for n in names]
+
+
+def _expand(path: Path, split: str | None = None) -> list[str]:
     if not path.exists():
         raise PackerError(f"{path}: no such file or folder")
     if path.is_file():
+        if split is not None:
+            raise PackerError(f"{path}: is a file; --split (split=) picks a split of a folder that holds several")
         return [str(path)]
+    if (path / MANIFEST_FILE).is_file():
+        raise _packed_folder_error(path)
     if (path / "dataset_dict.json").is_file():
-        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if split is not None and split in splits:
+            return _expand(path / split)
         raise PackerError(
-            f"{path}: is a DatasetDict folder; pass one split folder instead (one of: {', '.join(splits)})"
+            f"{path}: is a DatasetDict folder; pass one split folder instead (one of: {', '.join(splits)}), "
+            "or --split NAME (split= in Python)"
+            + (f"; it has no split {split!r}" if split is not None else "")
         )
-    state = path / "state.json"
-    if state.is_file():
-        try:
-            data_files = json.loads(state.read_text())["_data_files"]
-            names = [d["filename"] for d in data_files]
-        except (ValueError, KeyError, TypeError) as e:
-            raise PackerError(f"{state}: not a readable datasets state.json ({e}); re-save the dataset") from None
-        missing = [n for n in names if not (path / n).is_file()]
-        if missing:
-            raise PackerError(f"{path}: state.json lists {missing[0]}, which is missing; re-save the dataset")
-        return [str(path / n) for n in names]
-    found = []
+    if (path / "state.json").is_file():
+        if split is not None and path.name != split:
+            raise PackerError(f"{path}: is one dataset (a save_to_disk folder), not split {split!r}; drop --split "
+                              "or pass the folder of that split")
+        return _state_files(path)
+    listing: list[str] = []
     for root, dirs, names in os.walk(path):
         # skip hidden folders (temporary outputs) and packed folders (a previous output next to its input)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.exists(os.path.join(root, d, MANIFEST_FILE))]
-        found += [os.path.join(root, n) for n in names if n.endswith(INPUT_SUFFIXES) and not n.startswith(".")]
-    found.sort()
-    if not found:
+        packed = [d for d in dirs if os.path.exists(os.path.join(root, d, MANIFEST_FILE))]
+        for d in packed:
+            log.info("skipping %s: a packed folder", os.path.join(root, d))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in packed)
+        rel = os.path.relpath(root, path).replace(os.sep, "/")
+        rel = "" if rel == "." else rel + "/"
+        listing += [rel + n for n in names if not n.startswith(".")
+                    and (n.endswith(INPUT_SUFFIXES) or n == "state.json")]
+    datasets = _group_datasets(listing)
+    if not datasets:
         raise PackerError(f"{path}: the folder holds no .arrow or .parquet file")
-    return found
+    _, _, files, root = _pick(path, datasets, split)
+    return _state_files(path / root) if root is not None else [str(path / f) for f in files]
 
 
-def _expand_uri(uri: str) -> list[str]:
-    """A file URI, or every Arrow/Parquet file below a folder URI, skipped and ordered as for local folders."""
+def _expand_uri(uri: str, split: str | None = None) -> list[str]:
+    """A file URI, or every Arrow/Parquet file below a folder URI, skipped, grouped and ordered as for local
+    folders (a ``save_to_disk`` folder's files in name order)."""
     fs, inner, _ = filesystem(uri)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
         raise PackerError(f"{uri}: no such file or folder")
     if info.type == pafs.FileType.File:
+        if split is not None:
+            raise PackerError(f"{uri}: is a file; --split (split=) picks a split of a folder that holds several")
         return [uri]
     root = inner.rstrip("/")
     listing = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    if any(i.path == root + "/" + MANIFEST_FILE for i in listing):
+        raise _packed_folder_error(uri)
     packed = [posixpath.dirname(i.path) + "/" for i in listing if posixpath.basename(i.path) == MANIFEST_FILE]
-    found = sorted(
-        i.path for i in listing
-        if i.type == pafs.FileType.File and i.path.endswith(INPUT_SUFFIXES)
+    rel = sorted(
+        i.path[len(root) + 1:] for i in listing
+        if i.type == pafs.FileType.File
+        and (i.path.endswith(INPUT_SUFFIXES) or posixpath.basename(i.path) == "state.json")
         and not any(part.startswith(".") for part in i.path[len(root):].split("/"))
         and not any(i.path.startswith(d) for d in packed)
     )
-    if not found:
+    datasets = _group_datasets(rel)
+    if not datasets:
         raise PackerError(f"{uri}: the folder holds no .arrow or .parquet file")
-    scheme = uri[: uri.index("://") + 3]
-    prefix = uri[len(scheme):].rstrip("/")
-    return [scheme + (prefix + p[len(root):] if p.startswith(root) else p) for p in found]
+    return [uri.rstrip("/") + "/" + f for f in _pick(uri, datasets, split)[2]]
 
 
 # ---------------------------------------------------------------------------------------------- one file
@@ -344,26 +518,34 @@ def _unreadable(uri: str, kind: str, e: Exception) -> PackerError:
     return PackerError(f"{uri}: cannot be read as {what} ({msg}); the file may be truncated or corrupted")
 
 
-def has_column(inputs, name: str) -> bool:
-    """Whether the first input file (a local path or a URI) has a column ``name`` (reads its schema only)."""
-    uri = resolve_paths(inputs)[0]
-    kind = _sniff(uri)
+def read_schema(uri: str, kind: str | None = None) -> pa.Schema:
+    """The Arrow schema of one input file: its footer (Parquet, Arrow file) or first message (Arrow stream); no row
+    is read, and no record batch is opened."""
+    kind = kind or _sniff(uri)
+    fs, inner, _ = filesystem(uri)
     try:
-        return name in _open_batches(uri, kind, [])[0].names
-    except (pa.ArrowException, OSError) as e:
-        raise PackerError(f"{uri}: cannot read its schema ({e}); the file may be truncated or corrupted") from None
+        with fs.open_input_file(inner) as fh:
+            if kind == "parquet":
+                return pq.read_schema(fh)
+            return (pa.ipc.open_file(fh) if kind == "arrow-file" else pa.ipc.open_stream(fh)).schema
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise _unreadable(uri, kind, e) from None
+
+
+def has_column(inputs, name: str, *, split: str | None = None) -> bool:
+    """Whether every input file has a column ``name`` (reads their schemas only).
+
+    Raises:
+        PackerError: some files have it and others do not (the files named).
+    """
+    uris = resolve_paths(inputs, split=split)
+    have = [name in read_schema(u).names for u in uris]
+    if any(have) and not all(have):
+        raise PackerError(_disagree(name, uris, have))
+    return all(have)
 
 
 # ---------------------------------------------------------------------------------------------- validation
-
-
-def _require_columns(uri: str, have: list[str], want: list[str]) -> None:
-    for name in want:
-        if name not in have:
-            raise PackerError(
-                f"{uri}: no column {name!r} (columns: {', '.join(have) or 'none'}); "
-                "name the right one with --input-column/--labels-column/--loss-mask-column"
-            )
 
 
 def _check_list_type(uri: str, name: str, typ: pa.DataType, *, allow_bool: bool = False) -> None:
@@ -372,15 +554,6 @@ def _check_list_type(uri: str, name: str, typ: pa.DataType, *, allow_bool: bool 
     vt = typ.value_type
     if not (pa.types.is_integer(vt) or (allow_bool and pa.types.is_boolean(vt))):
         raise PackerError(f"{uri}: column {name!r} is {typ}; its items must be integers, not {vt}")
-
-
-def _check_schema(uri: str, schema: pa.Schema, columns: Columns) -> None:
-    _require_columns(uri, schema.names, columns.names)
-    _check_list_type(uri, columns.input_ids, schema.field(columns.input_ids).type)
-    if columns.labels:
-        _check_list_type(uri, columns.labels, schema.field(columns.labels).type)
-    if columns.loss_mask:
-        _check_list_type(uri, columns.loss_mask, schema.field(columns.loss_mask).type, allow_bool=True)
 
 
 def _check_batch(uri: str, batch: pa.RecordBatch, names: list[str], row0: int) -> np.ndarray:
@@ -453,16 +626,143 @@ def _to_chunk(name: str, columns: Columns, batch: pa.RecordBatch, row_start: int
     return chunk
 
 
+def _few(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def _disagree(name: str, uris: list[str], have: list[bool]) -> str:
+    yes = [u for u, h in zip(uris, have) if h]
+    no = [u for u, h in zip(uris, have) if not h]
+    return (f"column {name!r} is in {len(yes)} of {len(uris)} input files ({_few(yes)}) but not in {_few(no)}; "
+            "the files would be trained differently. Give every file the column, or choose for all of them: "
+            "--labels-column/--loss-mask-column NAME (labels=/loss_mask= in Python) to use it (files without it are "
+            "refused), --no-labels (labels=None) to train on every token")
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+
+
+def text_input_hint(uri: str, schema: pa.Schema, input_ids: str) -> str | None:
+    """The message for text where token ids were expected, or None."""
+    text = [f.name for f in schema if _is_text(f.type)]
+    typ = schema.field(input_ids).type if input_ids in schema.names else None
+    if (typ is not None and _is_text(typ)) or (typ is None and text):
+        col = input_ids if typ is not None else text[0]
+        return (f"{uri}: column {col!r} holds text; packer takes token ids (a list of integers per row, column "
+                f"{input_ids!r}). Tokenize first, for example with datasets.map and a tokenizer, then pack: see the "
+                f"tokenize-then-pack example in {DOCS_INPUT}")
+    return None
+
+
+def _kind(typ: pa.DataType) -> str:
+    return "bool" if pa.types.is_boolean(typ.value_type) else "int"
+
+
+def resolve_columns(uris: list[str], schemas: list[pa.Schema], columns: Columns) -> Columns:
+    """Decide, over all input files at once, which columns to read; the same for every entry point.
+
+    With :data:`DETECT` (the default), a ``labels`` column is used if every file has one, else a ``loss_mask``
+    column if every file has one, else none (every token is trained on). A column that some files have and others
+    lack, or that is in every file with both names present, is refused: the files would mean different things.
+    Named columns must be in every file. Every column read must have one type kind (integer, or boolean for a
+    loss mask) across the files; a packed shard (``cu_seqlens``) or text where tokens are expected is refused.
+
+    Returns:
+        A :class:`Columns` without :data:`DETECT`.
+
+    Raises:
+        PackerError: naming the files, the column and the option that settles it.
+    """
+    from packer.format import CU_SEQLENS, SEQ_INDEX
+
+    for uri, schema in zip(uris, schemas):
+        if CU_SEQLENS in schema.names and SEQ_INDEX in schema.names:
+            folder = posixpath.dirname(uri) if is_uri(uri) else os.path.dirname(uri)
+            raise _packed_folder_error(folder or uri)
+        hint = text_input_hint(uri, schema, columns.input_ids)
+        if hint:
+            raise PackerError(hint)
+    if columns.detect:
+        found = {}
+        for name in (LABELS, LOSS_MASK):
+            have = [name in s.names for s in schemas]
+            if any(have) and not all(have):
+                raise PackerError(_disagree(name, uris, have))
+            found[name] = all(have) and bool(schemas)
+        if found[LABELS] and found[LOSS_MASK]:
+            raise PackerError(f"{uris[0]}: has both a {LABELS!r} and a {LOSS_MASK!r} column; choose one with "
+                              "--labels-column or --loss-mask-column (labels=/loss_mask= in Python)")
+        columns = Columns(columns.input_ids, labels=LABELS if found[LABELS] else None,
+                          loss_mask=LOSS_MASK if found[LOSS_MASK] else None)
+        if columns.labels or columns.loss_mask:
+            log.debug("reading %r as the %s column (found in every input file); --no-labels trains on every token",
+                     columns.labels or columns.loss_mask, "labels" if columns.labels else "loss-mask")
+    for name in columns.names:
+        missing = [u for u, s in zip(uris, schemas) if name not in s.names]
+        if missing:
+            have = schemas[uris.index(missing[0])].names
+            raise PackerError(
+                f"{_few(missing)}: no column {name!r} (columns: {', '.join(have) or 'none'}); name the right one "
+                "with --input-column/--labels-column/--loss-mask-column"
+                + (f" (in {len(uris) - len(missing)} other input files it exists)"
+                   if len(missing) < len(uris) else ""))
+        kinds = {}
+        for uri, schema in zip(uris, schemas):
+            typ = schema.field(name).type
+            _check_list_type(uri, name, typ, allow_bool=(name == columns.loss_mask))
+            kinds.setdefault(_kind(typ), []).append(uri)
+        if len(kinds) > 1:
+            raise PackerError(f"column {name!r} holds integers in {_few(kinds['int'])} but booleans in "
+                              f"{_few(kinds['bool'])}; give it one type in every file")
+    return columns
+
+
+def _check_padding(uri: str, batch: pa.RecordBatch, row0: int) -> None:
+    """Refuse a batch whose ``attention_mask`` has zeros: padded rows, whose pad tokens would be packed as text."""
+    col = batch.column(ATTENTION_MASK)
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or col.null_count:
+        return
+    values = col.values
+    if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)) or values.null_count:
+        return
+    offsets = col.offsets.to_numpy()
+    m = values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+    if m.all():
+        return
+    zero = m == 0
+    rows = np.searchsorted(offsets[1:] - offsets[0], np.flatnonzero(zero), side="right")
+    r = int(rows[0])
+    mask = np.asarray(m[offsets[r] - offsets[0]:offsets[r + 1] - offsets[0]]) != 0
+    ones = np.flatnonzero(mask)
+    if ones.size == 0:
+        how = "all padding"
+    elif ones[-1] - ones[0] + 1 != ones.size:
+        how = "a mask with gaps, which is not padding packer can strip"
+    else:
+        how = "left-padded" if ones[0] > 0 else "right-padded"
+    raise PackerError(
+        f"{uri}: column {ATTENTION_MASK!r} is 0 at {int(zero.sum()):,} of {m.size:,} tokens in rows {row0}..."
+        f"{row0 + len(col) - 1} (row {row0 + r} is {how}): the rows are padded, and packer would pack the pad "
+        "tokens as text. Tokenize without padding (padding=False; packing replaces it), or drop the pad tokens "
+        f"first: see {DOCS_INPUT}")
+
+
 # ---------------------------------------------------------------------------------------------- the scan
 
 
 def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = None,
-                keep: bool = False) -> TokenizedInput:
+                keep: bool = False, split: str | None = None) -> TokenizedInput:
     """Find, validate and measure the inputs, one record batch at a time.
+
+    Before any row is read (or anything staged), the schemas of all files are read and the columns decided once
+    for all of them (:func:`resolve_columns`). A file with an ``attention_mask`` column is checked for padding
+    (a 0 in the mask): padded input is refused (:func:`_check_padding`).
 
     Args:
         inputs: a path or paths, folders, globs (local) or URIs.
-        columns: the columns to read.
+        columns: the columns to read (by default the labels or loss-mask column is detected).
+        split: the split to take from folders that hold several (see :func:`resolve_paths`).
         staging: a folder (path or URI) to convert Parquet inputs into Arrow IPC files in (created on first
             use), so that shard jobs can memory-map them, and, when it is local, to copy remote inputs into; None
             reads every batch from its own file.
@@ -475,7 +775,10 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
     Raises:
         PackerError: naming the file, column and row, for anything packer cannot read.
     """
-    uris = resolve_paths(inputs)
+    uris = resolve_paths(inputs, split=split)
+    kinds = [_sniff(uri) for uri in uris]
+    schemas = [read_schema(uri, kind) for uri, kind in zip(uris, kinds)]
+    columns = resolve_columns(uris, schemas, columns)
     names = columns.names
     files: list[InputFile] = []
     lengths: list[np.ndarray] = []
@@ -484,16 +787,16 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
     row = 0
     staged_any = False
     staging_local = staging is not None and filesystem(staging)[2]
-    for f, uri in enumerate(uris):
-        kind = _sniff(uri)
+    for f, (uri, kind, schema) in enumerate(zip(uris, kinds, schemas)):
         read, read_kind = uri, kind
+        padded = ATTENTION_MASK in schema.names and ATTENTION_MASK not in names
+        scan_names = names + [ATTENTION_MASK] if padded else names
         fs, inner, local = filesystem(uri)
         try:
             size = fs.get_file_info(inner).size
             if kind == "arrow-stream":
                 _check_stream_end(uri)
-            schema, it = _open_batches(uri, kind, names)
-            _check_schema(uri, schema, columns)
+            schema, it = _open_batches(uri, kind, scan_names)
             if staging is not None and (kind == "parquet" or (not local and staging_local)):
                 read, read_kind = _stage_name(staging, f, uri), "arrow-file"
                 if not staged_any:
@@ -503,6 +806,8 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
                 it = _stage(it, read, pa.schema([schema.field(n) for n in names]))
             row0 = row
             for b, batch in enumerate(it):
+                if padded:
+                    _check_padding(uri, batch, row - row0)
                 n = _check_batch(uri, batch, names, row - row0)
                 if batch.num_rows:
                     batches.append((f, b, row))
@@ -546,7 +851,7 @@ def _stage(batches, dest: str, schema: pa.Schema):
     dfs, dinner, _ = filesystem(dest)
     with dfs.open_output_stream(dinner) as sink, pa.ipc.new_file(sink, schema) as w:
         for batch in batches:
-            w.write_batch(batch)
+            w.write_batch(batch.select(schema.names) if batch.schema.names != schema.names else batch)
             yield batch
 
 
