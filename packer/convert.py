@@ -338,7 +338,9 @@ def _check_loss(segments: Segments, config: PackConfig, counts: LabelCounts, *, 
     there is refused before any shard is built; the sequences with no trained token are known once they are.
     """
     n_rows, n_tokens = segments.n_rows, segments.tokens_in
-    lost_rows = segments.dropped_rows + segments.truncated_rows + counts.untrainable_sequences
+    # a sequence is lost when dropped or left with nothing to train on; a truncated one that still trains loses
+    # only the tokens cut off (counted below), so nothing is counted twice
+    lost_rows = segments.dropped_rows + counts.untrainable_sequences
     lost_tokens = segments.dropped_tokens + segments.truncated_tokens + counts.untrainable_tokens
     share_rows = lost_rows / n_rows if n_rows else 0.0
     share_tokens = lost_tokens / n_tokens if n_tokens else 0.0
@@ -359,7 +361,8 @@ def _check_loss(segments: Segments, config: PackConfig, counts: LabelCounts, *, 
                      f"({counts.untrainable_tokens:,} tokens: every label -100, e.g. a prompt cut before its answer; "
                      "a larger capacity or --overflow split keeps the answers, else filter such rows out)")
     what = (f"loses {share_tokens:.1%} of the input's tokens ({lost_tokens:,} of {n_tokens:,}) and "
-            f"{share_rows:.1%} of its sequences ({lost_rows:,} of {n_rows:,}): " + "; ".join(parts))
+            f"{share_rows:.1%} of its sequences ({lost_rows:,} of {n_rows:,} dropped or with no trained token): "
+            + "; ".join(parts))
     if limit is not None and worst > limit:
         raise PackerError(f"this packing {what}; more than --max-loss {limit:g} (max_loss={limit!r}) allows, "
                           "so nothing was written")

@@ -54,6 +54,7 @@ PARQUET_MAGIC = b"PAR1"
 ARROW_STREAM_CONTINUATION = b"\xff\xff\xff\xff"
 ARROW_STREAM_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 INPUT_SUFFIXES = (".arrow", ".parquet", ".parq")
+TEXT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".csv", ".tsv", ".txt")
 
 
 DETECT = "<detect>"
@@ -413,7 +414,11 @@ def _expand(path: Path, split: str | None = None) -> list[str]:
                     and (n.endswith(INPUT_SUFFIXES) or n == "state.json")]
     datasets = _group_datasets(listing)
     if not datasets:
-        raise PackerError(f"{path}: the folder holds no .arrow or .parquet file")
+        text = next((os.path.join(r, n) for r, _, ns in os.walk(path) for n in ns if n.lower().endswith(TEXT_SUFFIXES)
+                     and n not in ("state.json", "dataset_info.json", "dataset_dict.json")), None)
+        raise PackerError(f"{path}: the folder holds no .arrow or .parquet file" + (
+            f" (it holds text such as {os.path.basename(text)}: packer takes token ids; see the tokenize-then-pack "
+            f"example in {DOCS_INPUT})" if text else ""))
     _, _, files, root = _pick(path, datasets, split)
     return _state_files(path / root) if root is not None else [str(path / f) for f in files]
 
@@ -466,6 +471,10 @@ def _sniff(uri: str) -> str:
         return "parquet"
     if head.startswith(ARROW_STREAM_CONTINUATION) or uri.endswith(".arrow"):
         return "arrow-stream"
+    if uri.lower().endswith(TEXT_SUFFIXES) or head.lstrip()[:1] in (b"{", b"["):
+        raise PackerError(f"{uri}: is text (JSON, CSV or plain text), not Arrow or Parquet; packer takes token ids. "
+                          "Tokenize first, for example with datasets.map and a tokenizer, then pack: see the "
+                          f"tokenize-then-pack example in {DOCS_INPUT}")
     raise PackerError(f"{uri}: neither Arrow IPC nor Parquet (unknown magic bytes {head[:4]!r})")
 
 

@@ -18,8 +18,10 @@ def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, la
 
     ``untrainable`` is ``(sequences, tokens)`` of the packed sequences left with no trained token (every label
     ``-100`` once each sequence's first label is masked), stored as ``sequences_untrainable`` and
-    ``tokens_untrainable``. ``data_loss_*`` count dropped and truncated rows and tokens; ``loss_*`` add the
-    untrainable ones: the share of the input the run does not train on.
+    ``tokens_untrainable``. ``data_loss_*`` count dropped and truncated rows and tokens. ``loss_tokens`` is the
+    share of the input's tokens not trained on: dropped, cut off, or in an untrainable sequence;
+    ``loss_sequences`` the share of sequences lost: dropped, or untrainable (a truncated sequence that still
+    trains loses only tokens). These are the shares ``--max-loss`` limits.
     """
     n_packs = plan.n_packs
     per_pack = np.diff(plan.pack_offsets)
@@ -65,7 +67,8 @@ def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, la
         seqs, toks = (int(x) for x in untrainable)
         stats["sequences_untrainable"] = seqs
         stats["tokens_untrainable"] = toks
-        stats["loss_sequences"] = (lost_rows + seqs) / segments.n_rows if segments.n_rows else 0.0
+        lost = segments.dropped_rows + seqs
+        stats["loss_sequences"] = lost / segments.n_rows if segments.n_rows else 0.0
         stats["loss_tokens"] = (lost_tokens + toks) / segments.tokens_in if segments.tokens_in else 0.0
     return stats
 
