@@ -404,3 +404,31 @@ def test_scan_decides_columns_before_staging(tmp_path):
         scan_inputs([a, b], staging=str(tmp_path / "stage"))
     assert not (tmp_path / "stage").exists()
     assert Columns().labels == DETECT and Columns(labels="x").loss_mask is None
+
+
+def test_the_docs_examples_tokenize_then_pack_and_unpad(tmp_path):
+    """docs/input.md: a datasets.map tokenizer (no padding) packs as is; padded rows pack once unpadded."""
+    import datasets
+
+    def tokenize(batch):  # stands in for a Hugging Face tokenizer: input_ids and an all-ones attention_mask
+        ids = [[ord(c) for c in text] for text in batch["text"]]
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
+
+    (tmp_path / "data.jsonl").write_text("".join(f'{{"text": "{"ab" * (i + 1)}"}}\n' for i in range(4)))
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "data.jsonl"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    ds = ds.map(tokenize, batched=True, remove_columns=ds.column_names)
+    ds.save_to_disk(str(tmp_path / "tokenized"))
+    assert main(["-q", "pack", str(tmp_path / "tokenized"), "-o", str(tmp_path / "packed"), "--max-length", "16"]) == 0
+    want = [np.asarray([ord(c) for c in "ab" * (i + 1)]) for i in range(4)]
+    check_packed(tmp_path / "packed", want, None, capacity=16, overflow="drop")
+
+    def unpad(row):  # as in docs/input.md
+        keep = [i for i, m in enumerate(row["attention_mask"]) if m]
+        return {name: [row[name][i] for i in keep] for name in ("input_ids", "labels", "attention_mask") if name in row}
+
+    padded = datasets.Dataset(_padded([3, 8, 5], 8, side="left"))
+    with pytest.raises(PackerError, match="left-padded"):
+        pack_dataset(padded, tmp_path / "p", progress=False)
+    pack_dataset(padded.map(unpad), tmp_path / "p", config=PackConfig(capacity=16), progress=False)
+    check_packed(tmp_path / "p", [np.full(n, i) for i, n in enumerate([3, 8, 5])], None, capacity=16, overflow="drop")
