@@ -238,9 +238,12 @@ class _Gatherer:
         raise AssertionError("gather reported an out-of-range value that the rescan did not find")
 
 
-def build_shard(gatherer: _Gatherer, plan: PackPlan, p0: int, p1: int):
+def build_shard(gatherer: _Gatherer, plan: PackPlan, p0: int, p1: int, *, provenance=None):
     """The table of packs ``p0:p1`` and its :class:`packer.jobs.LabelCounts` (label tokens, and the sequences left
-    with no trained token and their tokens)."""
+    with no trained token and their tokens).
+
+    ``provenance``: ``(seq_index, seq_start)`` indexed like the segments, written instead of the segments' own
+    row and start (a repacked folder points at its original input's rows); None: the segments' own."""
     m0, m1 = int(plan.pack_offsets[p0]), int(plan.pack_offsets[p1])
     seg = plan.members[m0:m1]
     ids, labels, lens, dst = gatherer.gather(seg)
@@ -254,8 +257,8 @@ def build_shard(gatherer: _Gatherer, plan: PackPlan, p0: int, p1: int):
         token_offsets=token_offsets,
         seq_lengths=lens.astype(np.int32),
         seq_offsets=seq_offsets,
-        seq_index=gatherer.segments.row[seg],
-        seq_start=gatherer.segments.start[seg],
+        seq_index=(gatherer.segments.row if provenance is None else provenance[0])[seg],
+        seq_start=(gatherer.segments.start if provenance is None else provenance[1])[seg],
     )
     trained = labels != fmt.IGNORE_INDEX
     # per sequence: a sequence with no trained token costs compute and teaches nothing (a prompt cut before its
@@ -329,6 +332,16 @@ def _remove(folder: str | None) -> None:
         fs.delete_dir(inner)
     except (OSError, pa.ArrowException, FileNotFoundError):
         pass
+
+
+def _repacked(catalog: TokenizedInput) -> dict:
+    """The manifest's input fields of a repacked folder: ``rows`` is the original input's row count (what
+    ``seq_index`` numbers), ``sequences`` the sequences read, ``repacked_from`` the folder and its own input."""
+    if catalog.source is None:
+        return {}
+    original = catalog.source.get("input") or {}
+    return {"rows": int(original.get("rows", catalog.n_rows)), "sequences": catalog.n_rows,
+            "repacked_from": catalog.source}
 
 
 def _check_loss(segments: Segments, config: PackConfig, counts: LabelCounts, *, final: bool) -> None:
@@ -477,7 +490,8 @@ def pack_dataset(
         if verify and (is_uri(output) or any(is_uri(f.name) for f in catalog.files)):
             raise PackerError("--verify reads the input and the output through local paths; pack URIs without "
                               "--verify, or verify a local copy with 'packer verify'")
-        verify_inputs = [f.name for f in catalog.files]
+        # a repacked folder is checked on its own: its provenance points at rows of an input it was not read from
+        verify_inputs = [f.name for f in catalog.files] if catalog.origin is None else None
         if not overwrite:
             done = _already_packed(output, config, fingerprint)
             if done is not None:
@@ -539,6 +553,7 @@ def pack_dataset(
                     "rows": catalog.n_rows,
                     "tokens": segments.tokens_in,
                     "fingerprint": fingerprint,
+                    **_repacked(catalog),
                 },
                 fmt.MANIFEST_STATS: stats,
                 fmt.MANIFEST_RUN: {

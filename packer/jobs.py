@@ -49,6 +49,8 @@ class ShardJob:
         pack_offsets: int64 (packs + 1,), pack ``p`` holds sequences ``pack_offsets[p]:pack_offsets[p + 1]``.
         pack_tokens: int64 (packs,), tokens per pack.
         n_rows: rows in the whole input.
+        seq_index, seq_start: int64 (m,), the provenance to write for each sequence when it is not ``row`` and
+            ``start`` (a packed folder repacked: the rows and offsets of its original input); else None.
     """
 
     index: int
@@ -63,6 +65,8 @@ class ShardJob:
     pack_offsets: np.ndarray
     pack_tokens: np.ndarray
     n_rows: int
+    seq_index: np.ndarray | None = None
+    seq_start: np.ndarray | None = None
 
     @property
     def tokens(self) -> int:
@@ -145,6 +149,9 @@ def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, sh
         seg = plan.members[m0:m1]
         row = segments.row[seg]
         need = np.unique(np.searchsorted(starts, row, side="right") - 1)
+        origin = {}
+        if catalog.origin is not None:  # a packed folder read back: point at the rows of its original input
+            origin = {"seq_index": catalog.origin[0][row], "seq_start": catalog.origin[1][row] + segments.start[seg]}
         yield ShardJob(
             index=s,
             n_shards=n_shards,
@@ -158,6 +165,7 @@ def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, sh
             pack_offsets=plan.pack_offsets[p0 : p1 + 1] - m0,
             pack_tokens=plan.pack_tokens[p0:p1],
             n_rows=catalog.n_rows,
+            **origin,
         )
 
 
@@ -176,7 +184,9 @@ def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, LabelCoun
     segments = SimpleNamespace(row=job.row, start=job.start, length=job.length)
     plan = SimpleNamespace(members=np.arange(m, dtype=np.int64), pack_offsets=job.pack_offsets,
                            pack_tokens=job.pack_tokens)
-    return build_shard(_Gatherer(inp, segments, buffers=buffers), plan, 0, job.pack_tokens.shape[0])
+    provenance = (job.seq_index, job.seq_start) if job.seq_index is not None else None
+    return build_shard(_Gatherer(inp, segments, buffers=buffers), plan, 0, job.pack_tokens.shape[0],
+                       provenance=provenance)
 
 
 def run_shard_job(job: ShardJob) -> ShardResult:

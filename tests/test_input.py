@@ -155,14 +155,63 @@ def test_sibling_datasets_and_split_named_files_are_refused(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- 4: packed input
 
 
-def test_a_packed_folder_as_input_is_refused_not_flattened(tmp_path, capsys):
-    """Finding 4: each pack of a packed folder became one sequence, its boundaries gone."""
-    src = write_arrow_file(tmp_path / "in.arrow", readable_table([3, 4, 5, 6]))
+def sequences(folder) -> dict:
+    """{(seq_index, seq_offset): (tokens, labels)} of every sequence of a packed folder, and its pack lengths."""
+    _, t = read_packed(folder)
+    out = {}
+    for r in range(t.num_rows):
+        ids, lab, cu, si, so = (np.asarray(t.column(c)[r].values) for c in fmt.COLUMNS)
+        for k in range(len(si)):
+            key = (int(si[k]), int(so[k]))
+            assert key not in out
+            out[key] = (ids[cu[k]:cu[k + 1]].tolist(), lab[cu[k]:cu[k + 1]].tolist())
+    return out
+
+
+@pytest.mark.parametrize("overflow", ["drop", "split"])
+def test_a_packed_folder_is_repacked_from_its_sequences(tmp_path, capsys, overflow):
+    """Finding 4: each pack of a packed folder became one sequence, its boundaries gone. Now its sequences are
+    packed again: boundaries, labels and provenance back to the original rows kept, at the new capacity."""
+    lengths = [3, 9, 4, 12, 7, 1, 6, 30, 5, 8, 2, 11]
+    table = readable_table(lengths, labels=True)
+    src = write_arrow_file(tmp_path / "in.arrow", table, batch_rows=5)
+    assert main(["-q", "pack", str(src), "-o", str(tmp_path / "packed"), "--max-length", "24",
+                 "--shard-size", "2"]) == 0  # row 7 (30 tokens) is dropped
+    config = PackConfig(capacity=10, overflow=overflow, strategy="shuffle", seed=2, shard_size=3)
+    m = pack_dataset(tmp_path / "packed", tmp_path / "again", config=config, progress=False)
+    # the same sequences as packing the original input directly with the new options, minus the row dropped first
+    direct = pack_dataset(src, tmp_path / "direct", config=config, progress=False)
+    want = {k: v for k, v in sequences(tmp_path / "direct").items() if k[0] != 7}
+    got = sequences(tmp_path / "again")
+    assert got == want
+    assert m["config"]["columns"]["labels"] == "labels"
+    assert m["input"]["rows"] == len(lengths) and m["input"]["sequences"] == len(lengths) - 1
+    assert m["input"]["repacked_from"]["input"] == fmt.read_manifest(tmp_path / "packed")["input"]
+    assert m["stats"]["label_tokens"] == direct["stats"]["label_tokens"] - expected_label_tokens(
+        [rows(table, "labels")[7][i:i + 10] for i in range(0, 30, 10)] if overflow == "split" else [])
+    from packer.verify import verify_packed
+
+    assert verify_packed(tmp_path / "again").ok
+    # the command line does the same, --verify included
+    assert main(["-q", "pack", str(tmp_path / "packed"), "-o", str(tmp_path / "cli"), "--max-length", "10",
+                 "--overflow", overflow, "--strategy", "shuffle", "--seed", "2", "--shard-size", "3",
+                 "--verify"]) == 0
+    assert shard_bytes(tmp_path / "cli") == shard_bytes(tmp_path / "again")
+
+
+def test_packed_input_that_cannot_be_repacked_exactly_is_refused(tmp_path, capsys):
+    src = write_arrow_file(tmp_path / "in.arrow", readable_table([3, 4, 5, 26]))
+    assert main(["-q", "pack", str(src), "-o", str(tmp_path / "split"), "--max-length", "10", "--overflow",
+                 "split"]) == 0
+    refused(capsys, ["pack", str(tmp_path / "split"), "-o", str(tmp_path / "again")], "pieces of rows cut by",
+            "Pack the original input")
     assert main(["-q", "pack", str(src), "-o", str(tmp_path / "packed"), "--max-length", "10"]) == 0
-    refused(capsys, ["pack", str(tmp_path / "packed"), "-o", str(tmp_path / "again")], "is a packed folder",
-            "original tokenized input")
     shard = sorted((tmp_path / "packed").glob("data-*.arrow"))[0]
-    refused(capsys, ["pack", str(shard), "-o", str(tmp_path / "again")], "is a packed folder")
+    refused(capsys, ["pack", str(shard), "-o", str(tmp_path / "again")], "is a packed folder", "or a shard of one")
+    refused(capsys, ["pack", str(tmp_path / "packed"), str(src), "-o", str(tmp_path / "again")],
+            "is a packed folder", "only input")
+    refused(capsys, ["pack", str(tmp_path / "packed"), "-o", str(tmp_path / "again"), "--loss-mask-column", "m"],
+            "repack it with its labels")
     assert not (tmp_path / "again").exists()
     # next to its input, a packed folder is skipped, as before
     assert main(["-q", "pack", str(tmp_path), "-o", str(tmp_path / "again"), "--max-length", "10"]) == 0

@@ -9,10 +9,11 @@ examples:
   packer pack s3://bucket/tokenized/ --output s3://bucket/packed/ --engine ray --ray-address auto
   packer pack data_samples/reference_like --output packed/ --verify
   packer pack my_datasetdict/ --split train --output packed/ --max-loss 0.01
+  packer pack packed/ --output packed-8k/ --max-length 8192 --overflow split
 
 Input (see docs/input.md): token ids, one list per row. A 'labels' (or 'loss_mask') column in every file is used
-unless --no-labels; columns that only some files have, several datasets in one folder, packed folders, padded
-rows (an attention_mask with zeros) and text are refused with what to do.
+unless --no-labels; a packed folder given alone is repacked from its sequences. Columns that only some files have,
+several datasets in one folder, padded rows (an attention_mask with zeros) and text are refused with what to do.
 """
 from __future__ import annotations
 
