@@ -7,7 +7,15 @@ Accepted inputs, given as one or many paths (a path may be a glob) or as URIs th
 * ``.arrow`` files in the Arrow IPC *file* or *stream* format (told apart by their magic bytes);
 * ``.parquet`` files;
 * folders holding any of the above (searched recursively, in sorted path order; hidden folders and packed
-  folders, those with a ``packer.json``, are skipped).
+  folders, those with a ``packer.json``, are skipped). A folder must hold one dataset: several ``save_to_disk``
+  folders, ``DatasetDict`` splits at any depth, or files named by split (``train/``, ``test-0000.parquet``) are
+  refused with their names unless ``split`` picks one (:func:`resolve_paths`);
+* a packed folder given alone, read back as its sequences to be packed again (:func:`scan_packed`).
+
+The columns are decided once over the schemas of all files before any row is read (:func:`resolve_columns`): the
+``labels`` or ``loss_mask`` column if every file has it (:data:`DETECT`), refused if only some do. Text, padded rows
+(an ``attention_mask`` with zeros) and packed shards among tokenized files are refused with what to do
+(``docs/input.md``).
 
 :func:`scan_inputs` reads every input once, one record batch at a time: it validates the schema and every batch
 (types, nulls, equal column lengths; each message names the file, column and row, and the fix) and keeps only

@@ -126,6 +126,11 @@ def test_a_datasetdict_below_the_folder_is_refused_and_split_picks_one(tmp_path,
     check_packed(tmp_path / "test", [np.full(6, 3), np.full(7, 4)], None, capacity=8, overflow="drop")
     refused(capsys, ["pack", str(data), "--split", "dev", "-o", str(tmp_path / "o")], "no split 'dev'",
             "mydata/train")
+    # through a filesystem URI, the same datasets and the same choice
+    with pytest.raises(PackerError, match="holds 2 datasets"):
+        pack_dataset(f"file://{data}", tmp_path / "u", progress=False)
+    m = pack_dataset(f"file://{data}", tmp_path / "u", config=PackConfig(capacity=8), split="test", progress=False)
+    assert shard_bytes(tmp_path / "u") == shard_bytes(tmp_path / "test")
 
 
 def test_sibling_datasets_and_split_named_files_are_refused(tmp_path, capsys):
