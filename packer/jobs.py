@@ -184,9 +184,10 @@ def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, LabelCoun
     segments = SimpleNamespace(row=job.row, start=job.start, length=job.length)
     plan = SimpleNamespace(members=np.arange(m, dtype=np.int64), pack_offsets=job.pack_offsets,
                            pack_tokens=job.pack_tokens)
-    provenance = (job.seq_index, job.seq_start) if job.seq_index is not None else None
-    return build_shard(_Gatherer(inp, segments, buffers=buffers), plan, 0, job.pack_tokens.shape[0],
-                       provenance=provenance)
+    gatherer = _Gatherer(inp, segments, buffers=buffers)
+    if job.seq_index is None:
+        return build_shard(gatherer, plan, 0, job.pack_tokens.shape[0])
+    return build_shard(gatherer, plan, 0, job.pack_tokens.shape[0], provenance=(job.seq_index, job.seq_start))
 
 
 def run_shard_job(job: ShardJob) -> ShardResult:
