@@ -384,12 +384,13 @@ def _check_loss(segments: Segments, config: PackConfig, counts: LabelCounts, *, 
 
 
 def _datasets_input(inputs, split: str | None, staging: str, input_ids: str):
-    """``(inputs, split)`` for the scan: a ``datasets.Dataset`` (or a ``DatasetDict``'s ``split``) becomes an Arrow
-    file in the staging folder (its rows as the dataset shows them: selections and shuffles applied, only list
-    columns); paths pass through."""
+    """``(inputs, split, label)`` for the scan: a ``datasets.Dataset`` (or a ``DatasetDict``'s ``split``) becomes an
+    Arrow file in the staging folder (its rows as the dataset shows them: selections and shuffles applied, only list
+    columns), named in the manifest by ``label`` (``datasets.Dataset(fingerprint=...)``); paths pass through with
+    no label."""
     mod = type(inputs).__module__ or ""
     if not mod.startswith("datasets"):
-        return inputs, split
+        return inputs, split, None
     import datasets
 
     if isinstance(inputs, (datasets.DatasetDict, datasets.IterableDatasetDict)):
@@ -412,14 +413,15 @@ def _datasets_input(inputs, split: str | None, staging: str, input_ids: str):
         raise PackerError(hint)
     fs, inner, _ = filesystem(staging)
     fs.create_dir(inner, recursive=True)
-    path = f"{staging.rstrip('/')}/dataset-{getattr(inputs, '_fingerprint', None) or 'memory'}.arrow"
+    fingerprint = getattr(inputs, "_fingerprint", None) or "unknown"
+    path = f"{staging.rstrip('/')}/dataset-{fingerprint}.arrow"
     fs2, inner2, _ = filesystem(path)
     out_schema = pa.schema([schema.field(n) for n in keep])
     with fs2.open_output_stream(inner2) as sink, pa.ipc.new_file(sink, out_schema) as w:
         for batch in inputs.select_columns(keep).with_format("arrow").iter(batch_size=4096):
             w.write_table(batch.cast(out_schema) if batch.schema != out_schema else batch)
     log.info("wrote the datasets.Dataset's %d rows to %s for the scan", len(inputs), path)
-    return [path], None
+    return [path], None, f"datasets.Dataset(fingerprint={fingerprint})"
 
 
 def pack_dataset(
@@ -482,8 +484,10 @@ def pack_dataset(
     t_start = t = time.perf_counter()
     staging = _staging_for(output, engine)
     try:
-        inputs, split = _datasets_input(inputs, split, staging, config.columns.input_ids)
+        inputs, split, label = _datasets_input(inputs, split, staging, config.columns.input_ids)
         catalog = scan_inputs(inputs, columns=config.columns, staging=staging, split=split)
+        if label is not None:  # the manifest names the dataset, not the staged copy that is removed at the end
+            catalog.files = [replace(f, name=label) for f in catalog.files]
         config = replace(config, columns=catalog.columns)  # as decided over all files: what the manifest records
         fingerprint = input_fingerprint(catalog)
         timings["open"] = time.perf_counter() - t
@@ -491,7 +495,8 @@ def pack_dataset(
             raise PackerError("--verify reads the input and the output through local paths; pack URIs without "
                               "--verify, or verify a local copy with 'packer verify'")
         # a repacked folder is checked on its own: its provenance points at rows of an input it was not read from
-        verify_inputs = [f.name for f in catalog.files] if catalog.origin is None else None
+        verify_inputs = (None if catalog.origin is not None else catalog if label is not None
+                         else [f.name for f in catalog.files])
         if not overwrite:
             done = _already_packed(output, config, fingerprint)
             if done is not None:
@@ -546,7 +551,8 @@ def pack_dataset(
                 fmt.MANIFEST_CONFIG: config.to_json(),
                 fmt.MANIFEST_INPUT: {
                     "files": [
-                        {"path": f.name if is_uri(f.name) else os.path.abspath(f.name), "rows": int(f.rows),
+                        {"path": f.name if is_uri(f.name) or f.name == label else os.path.abspath(f.name),
+                         "rows": int(f.rows),
                          "bytes": int(f.bytes)}
                         for f in catalog.files
                     ],

@@ -364,9 +364,12 @@ def test_in_memory_datasets_objects(tmp_path):
     src = write_arrow_file(tmp_path / "in.arrow", table)
     files = pack_dataset(src, tmp_path / "files", config=PackConfig(capacity=8), progress=False)
     ds = datasets.Dataset(table)
-    m = pack_dataset(ds, tmp_path / "mem", config=PackConfig(capacity=8), progress=False)
+    m = pack_dataset(ds, tmp_path / "mem", config=PackConfig(capacity=8), progress=False, verify=True)
     assert shard_bytes(tmp_path / "mem") == shard_bytes(tmp_path / "files")
     assert m["config"] == files["config"] and m["stats"] == files["stats"]
+    assert m["input"]["files"][0]["path"] == f"datasets.Dataset(fingerprint={ds._fingerprint})"
+    again = pack_dataset(ds, tmp_path / "mem", config=PackConfig(capacity=8), progress=False)  # already there
+    assert again["manifest_checksum"] == m["manifest_checksum"]
     # a selection is packed as the dataset shows it, not as its cache files hold it
     pack_dataset(ds.select([3, 1]), tmp_path / "sel", config=PackConfig(capacity=8), progress=False)
     check_packed(tmp_path / "sel", [np.full(7, 3), np.full(5, 1)], [rows(table, "labels")[i] for i in (3, 1)],
