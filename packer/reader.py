@@ -80,11 +80,16 @@ SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval", "ev
 
 
 class ConfigError(PackerError):
-    """A bad value for a parameter of :class:`Columns` or :class:`packer.convert.PackConfig`.
+    """A bad value for a parameter of :class:`Columns`, :class:`packer.convert.PackConfig` or ``pack_dataset``.
+
+    The message names the Python parameter (``PackConfig(capacity=0): ...``); the CLI prints the flag instead
+    (``--max-length 0: ...``) with :meth:`message_for`.
 
     Attributes:
-        owner: the class (``"PackConfig"``), param: the parameter, value: what was given, rule: what it must be.
-    The message names the Python parameter; the CLI prints the flag instead (:meth:`message_for`).
+        owner: the class or function (``"PackConfig"``).
+        param: the parameter.
+        value: what was given.
+        rule: what it must be.
     """
 
     def __init__(self, owner: str, param: str, value, rule: str):
@@ -340,7 +345,7 @@ def _split_of(rel: str) -> str | None:
 def _group_datasets(rel_files: list[str]) -> list[tuple[str, str | None, list[str], str | None]]:
     """Split a folder's listing (relative POSIX paths of its data files and ``state.json`` files) into its
     datasets: ``(name, split, data files, save_to_disk folder or None)``, one per ``save_to_disk`` folder, and one
-    per split of the other files (those of no split form one dataset named ``.``). Empty datasets are left out."""
+    per split of the other files (those of no split form one dataset). Empty datasets are left out."""
     roots = sorted({posixpath.dirname(f) for f in rel_files if posixpath.basename(f) == "state.json"})
     data = sorted(f for f in rel_files if f.endswith(INPUT_SUFFIXES))
     out: list[tuple[str, str | None, list[str], str | None]] = []
@@ -356,7 +361,7 @@ def _group_datasets(rel_files: list[str]) -> list[tuple[str, str | None, list[st
         if f not in claimed:
             loose.setdefault(_split_of(f), []).append(f)
     for key, fs in loose.items():
-        out.append((key if key is not None else ".", key, fs, None))
+        out.append((key if key is not None else "files of no split", key, fs, None))
     return sorted((d for d in out if d[2]), key=lambda d: d[0])
 
 
@@ -698,10 +703,8 @@ def resolve_columns(uris: list[str], schemas: list[pa.Schema], columns: Columns)
     Raises:
         PackerError: naming the files, the column and the option that settles it.
     """
-    from packer.format import CU_SEQLENS, SEQ_INDEX
-
     for uri, schema in zip(uris, schemas):
-        if CU_SEQLENS in schema.names and SEQ_INDEX in schema.names:
+        if fmt.CU_SEQLENS in schema.names and fmt.SEQ_INDEX in schema.names:
             folder = posixpath.dirname(uri) if is_uri(uri) else os.path.dirname(uri)
             raise _packed_folder_error(folder or uri)
         hint = text_input_hint(uri, schema, columns.input_ids)
