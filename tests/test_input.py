@@ -404,7 +404,7 @@ def test_text_input_points_to_the_tokenize_then_pack_example(tmp_path, capsys):
 WRITERS = [write_arrow_file, write_arrow_stream, write_parquet]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_split_into_files_and_any_file_order_means_the_same(tmp_path_factory, data):
     """The same rows cut into files in any way give the same shards, byte for byte; the files in another order
