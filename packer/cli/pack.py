@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-loss", type=float, default=None, metavar="FRACTION",
                    help="fail, writing nothing, if more than this share of the input's tokens or sequences is lost "
                    "(dropped, truncated, or left with no trained token); default: warn above "
-                   f"{LOSS_WARNING:.0%}".replace("%", "%%") + ")")
+                   f"{LOSS_WARNING:.0%}".replace("%", "%%"))
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     scale = p.add_argument_group("scale (see docs/scale.md)")
     scale.add_argument("--workers", type=int, default=1,
