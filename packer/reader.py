@@ -327,7 +327,8 @@ def _packed_folder_error(path) -> PackerError:
     return PackerError(
         f"{path}: is a packed folder (it has {MANIFEST_FILE}), or a shard of one; read as tokenized rows, each pack "
         "would become one sequence and its boundaries be lost. To repack it, give the folder itself as the only "
-        f"input of 'packer pack' (or pack_dataset); or pack the original input, listed under 'input' in {MANIFEST_FILE}")
+        "input of 'packer pack' (or pack_dataset); or pack the original input, listed under 'input' in "
+        f"{MANIFEST_FILE}")
 
 
 def _split_of(rel: str) -> str | None:
@@ -906,8 +907,8 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
 
     Before any row is read (or anything staged), the schemas of all files are read and the columns decided once
     for all of them (:func:`resolve_columns`). A packed folder given alone, with a staging folder, is read back
-    as its sequences (:func:`scan_packed`); without one it is refused. A file with an ``attention_mask`` column is checked for padding
-    (a 0 in the mask): padded input is refused (:func:`_check_padding`).
+    as its sequences (:func:`scan_packed`); without one it is refused. A file with an ``attention_mask`` column
+    is checked for padding (a 0 in the mask): padded input is refused (:func:`_check_padding`).
 
     Args:
         inputs: a path or paths, folders, globs (local) or URIs.
