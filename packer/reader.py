@@ -441,7 +441,13 @@ def _expand(path: Path, split: str | None = None) -> list[str]:
             f" (it holds text such as {os.path.basename(text)}: packer takes token ids; see the tokenize-then-pack "
             f"example in {DOCS_INPUT})" if text else ""))
     _, _, files, root = _pick(path, datasets, split)
-    return _state_files(path / root) if root is not None else [str(path / f) for f in files]
+    if root is not None:
+        return _state_files(path / root)
+    folders = sorted({f.split("/")[0] for f in files if "/" in f})
+    if len(folders) > 1:  # a layout packer cannot tell from several datasets: say what is merged
+        log.info("%s: packing the files of %d folders as one dataset (%s); pass a folder to pack it alone", path,
+                 len(folders), _few(folders))
+    return [str(path / f) for f in files]
 
 
 def _expand_uri(uri: str, split: str | None = None) -> list[str]:
