@@ -152,7 +152,8 @@ def test_sibling_datasets_and_split_named_files_are_refused(tmp_path, capsys):
     for i, sub in enumerate(["a", "b"]):
         (tmp_path / "plain" / sub).mkdir(parents=True)
         write_parquet(tmp_path / "plain" / sub / "part.parquet", readable_table([2, 3], first_row=2 * i))
-    assert main(["-q", "pack", str(tmp_path / "plain"), "-o", str(tmp_path / "p"), "--max-length", "8"]) == 0
+    assert main(["pack", str(tmp_path / "plain"), "-o", str(tmp_path / "p"), "--max-length", "8"]) == 0
+    assert "packing the files of 2 folders as one dataset (a, b)" in capsys.readouterr().err
     check_packed(tmp_path / "p", [np.full(n, i) for i, n in enumerate([2, 3, 2, 3])], None, capacity=8,
                  overflow="drop")
 
