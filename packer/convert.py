@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +21,37 @@ import pyarrow as pa
 from packer import __version__
 from packer import format as fmt
 from packer.errors import PackerError
-from packer.plan import DEFAULT_FILLER, DEFAULT_OVERFLOW, DEFAULT_STRATEGY
+from packer.plan import (
+    DEFAULT_FILLER,
+    DEFAULT_OVERFLOW,
+    DEFAULT_STRATEGY,
+    MAX_CAPACITY,
+    OVERFLOW_POLICIES,
+    STRATEGIES,
+    Segments,
+)
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
 from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, iter_jobs, make_plan
-from packer.reader import Columns, TokenizedInput, filesystem, input_fingerprint, is_uri, scan_inputs
-from packer.shards import INT32_MAX
+from packer.reader import (
+    Columns,
+    ConfigError,
+    TokenizedInput,
+    filesystem,
+    input_fingerprint,
+    is_uri,
+    scan_inputs,
+    text_input_hint,
+)
+from packer.shards import INT32_MAX, LabelCounts
 from packer.stats import compute_stats
 from packer.verify import verify_packed
 from packer.writer import PackedWriter
 
 log = logging.getLogger(__name__)
 
+LOSS_WARNING = 0.01
+"""A run that loses more than this share of its input's tokens or sequences (dropped, truncated, or left with no
+trained token) says so on stderr, with the option that keeps them (``--max-loss`` makes it an error)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,12 @@ class PackConfig:
         columns: which input columns to read.
         plan: a key of :data:`packer.jobs.PLANS`: one global plan, or groups of input files planned apart.
         group_size: input files per group for ``plan="grouped"``.
+        max_loss: the largest share of the input's tokens or sequences the run may lose (dropped, truncated, or
+            left with no trained token) before it fails; None: any loss is allowed, and one above
+            :data:`LOSS_WARNING` is logged as a warning.
+
+    Raises:
+        ConfigError: a field out of range, naming the parameter (checked here, before any file is read).
     """
 
     capacity: int = fmt.DEFAULT_CAPACITY
@@ -59,16 +85,41 @@ class PackConfig:
     columns: Columns = field(default_factory=Columns)
     plan: str = DEFAULT_PLAN
     group_size: int = 1
+    max_loss: float | None = None
 
     def __post_init__(self):
+        def bad(param, rule):
+            raise ConfigError("PackConfig", param, getattr(self, param), rule)
+
+        def whole(param, lo, hi=None):
+            v = getattr(self, param)
+            return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= lo and (hi is None or v <= hi)
+
+        if not whole("capacity", 1):
+            bad("capacity", "capacity must be positive: a whole number of tokens per pack, such as 20000")
+        if self.capacity > MAX_CAPACITY:
+            bad("capacity", f"capacity is more than packer supports ({MAX_CAPACITY:,} tokens: the kernels keep "
+                "tables of that size)")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"unknown strategy; choose one of {', '.join(STRATEGIES)}")
+        if not whole("seed", 0):
+            bad("seed", "seed must be a non-negative integer")
+        f = self.filler
+        if isinstance(f, bool) or not isinstance(f, (int, float, np.floating)) or not 0 <= f < 1:
+            bad("filler", "filler must be a fraction in [0, 1)")
+        if self.overflow not in OVERFLOW_POLICIES:
+            bad("overflow", f"unknown overflow policy; choose one of {', '.join(OVERFLOW_POLICIES)}")
+        if not whole("shard_size", 1):
+            bad("shard_size", "shard size must be a positive number of packs")
+        if not isinstance(self.columns, Columns):
+            bad("columns", "must be a packer.reader.Columns")
         if self.plan not in PLANS:
-            raise PackerError(f"unknown plan {self.plan!r}; choose one of {', '.join(PLANS)}")
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
-            raise PackerError(f"group size must be a positive number of input files, got {self.group_size!r}")
-        if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size <= 0:
-            raise PackerError(f"shard size must be a positive number of packs, got {self.shard_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise PackerError(f"seed must be a non-negative integer, got {self.seed!r}")
+            bad("plan", f"unknown plan; choose one of {', '.join(PLANS)}")
+        if not whole("group_size", 1):
+            bad("group_size", "group size must be a positive number of input files")
+        m = self.max_loss
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float, np.floating)) or not 0 <= m <= 1):
+            bad("max_loss", "must be a fraction in [0, 1] (0: lose nothing), or None")
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -140,6 +191,96 @@ def _remove(folder: str | None) -> None:
         pass
 
 
+def _repacked(catalog: TokenizedInput) -> dict:
+    """The manifest's input fields of a repacked folder: ``rows`` is the original input's row count (what
+    ``seq_index`` numbers), ``sequences`` the sequences read, ``repacked_from`` the folder and its own input."""
+    if catalog.source is None:
+        return {}
+    original = catalog.source.get("input") or {}
+    return {"rows": int(original.get("rows", catalog.n_rows)), "sequences": catalog.n_rows,
+            "repacked_from": catalog.source}
+
+
+def _check_loss(segments: Segments, config: PackConfig, counts: LabelCounts, *, final: bool) -> None:
+    """Warn (once, when ``final``) or raise (``config.max_loss``) when the run loses too much of its input.
+
+    Before the shards are written (``final=False``) only the dropped and truncated tokens are known, so an excess
+    there is refused before any shard is built; the sequences with no trained token are known once they are.
+    """
+    n_rows, n_tokens = segments.n_rows, segments.tokens_in
+    # a sequence is lost when dropped or left with nothing to train on; a truncated one that still trains loses
+    # only the tokens cut off (counted below), so nothing is counted twice
+    lost_rows = segments.dropped_rows + counts.untrainable_sequences
+    lost_tokens = segments.dropped_tokens + segments.truncated_tokens + counts.untrainable_tokens
+    share_rows = lost_rows / n_rows if n_rows else 0.0
+    share_tokens = lost_tokens / n_tokens if n_tokens else 0.0
+    worst = max(share_rows, share_tokens)
+    limit = config.max_loss
+    if not ((limit is not None and worst > limit) or (final and worst > LOSS_WARNING)):
+        return
+    parts = []
+    cap = f"{config.capacity:,}"
+    if segments.dropped_rows:
+        parts.append(f"{segments.dropped_rows:,} sequences longer than the capacity ({cap}) dropped "
+                     f"({segments.dropped_tokens:,} tokens; --overflow split / overflow='split' keeps them)")
+    if segments.truncated_rows:
+        parts.append(f"{segments.truncated_rows:,} sequences truncated to {cap} tokens "
+                     f"({segments.truncated_tokens:,} tokens cut; --overflow split / overflow='split' keeps them)")
+    if counts.untrainable_sequences:
+        parts.append(f"{counts.untrainable_sequences:,} packed sequences with no trained token "
+                     f"({counts.untrainable_tokens:,} tokens: every label -100, e.g. a prompt cut before its answer; "
+                     "a larger capacity or --overflow split keeps the answers, else filter such rows out)")
+    what = (f"loses {share_tokens:.1%} of the input's tokens ({lost_tokens:,} of {n_tokens:,}) and "
+            f"{share_rows:.1%} of its sequences ({lost_rows:,} of {n_rows:,} dropped or with no trained token): "
+            + "; ".join(parts))
+    if limit is not None and worst > limit:
+        raise PackerError(f"this packing {what}; more than --max-loss {limit:g} (max_loss={limit!r}) allows, "
+                          "so nothing was written")
+    log.warning("this packing %s. Pass --max-loss FRACTION (PackConfig.max_loss) to make such a loss an error",
+                what)
+
+
+def _datasets_input(inputs, split: str | None, staging: str, input_ids: str):
+    """``(inputs, split, label)`` for the scan: a ``datasets.Dataset`` (or a ``DatasetDict``'s ``split``) becomes an
+    Arrow file in the staging folder (its rows as the dataset shows them: selections and shuffles applied, only list
+    columns), named in the manifest by ``label`` (``datasets.Dataset(fingerprint=...)``); paths pass through with
+    no label."""
+    mod = type(inputs).__module__ or ""
+    if not mod.startswith("datasets"):
+        return inputs, split, None
+    import datasets
+
+    if isinstance(inputs, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        names = ", ".join(inputs)
+        if split is None:
+            raise PackerError(f"a DatasetDict with splits {names}; packing them together would mix them (test rows "
+                              "into training). Pass split=NAME (--split), or one split: dataset['train']")
+        if split not in inputs:
+            raise PackerError(f"the DatasetDict has no split {split!r} (splits: {names})")
+        inputs, split = inputs[split], None
+    if not isinstance(inputs, datasets.Dataset):
+        raise PackerError(f"a {type(inputs).__name__} is not read by packer; pass a datasets.Dataset (for an "
+                          "IterableDataset, save it first: Dataset.from_generator or save_to_disk) or files")
+    if split is not None:
+        raise PackerError(f"split={split!r} picks a split of a DatasetDict; this is one Dataset")
+    schema = inputs.data.schema
+    keep = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+    hint = text_input_hint("the datasets.Dataset", schema, input_ids)
+    if hint:
+        raise PackerError(hint)
+    fs, inner, _ = filesystem(staging)
+    fs.create_dir(inner, recursive=True)
+    fingerprint = getattr(inputs, "_fingerprint", None) or "unknown"
+    path = f"{staging.rstrip('/')}/dataset-{fingerprint}.arrow"
+    fs2, inner2, _ = filesystem(path)
+    out_schema = pa.schema([schema.field(n) for n in keep])
+    with fs2.open_output_stream(inner2) as sink, pa.ipc.new_file(sink, out_schema) as w:
+        for batch in inputs.select_columns(keep).with_format("arrow").iter(batch_size=4096):
+            w.write_table(batch.cast(out_schema) if batch.schema != out_schema else batch)
+    log.info("wrote the datasets.Dataset's %d rows to %s for the scan", len(inputs), path)
+    return [path], None, f"datasets.Dataset(fingerprint={fingerprint})"
+
+
 def pack_dataset(
     inputs,
     output: str | os.PathLike,
@@ -151,6 +292,7 @@ def pack_dataset(
     workers: int = 1,
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
+    split: str | None = None,
 ) -> dict:
     """Pack tokenized input files into a packed folder (see :mod:`packer.format`) and return its manifest.
 
@@ -158,8 +300,9 @@ def pack_dataset(
     whatever the number of tokens; see ``docs/scale.md``.
 
     Args:
-        inputs: a path or a list of paths (files, folders, globs; see :mod:`packer.reader`), or URIs that
-            :mod:`pyarrow.fs` supports (``s3://bucket/prefix``).
+        inputs: a path or a list of paths (files, folders, globs; see :mod:`packer.reader`), URIs that
+            :mod:`pyarrow.fs` supports (``s3://bucket/prefix``), or a ``datasets.Dataset`` (its rows are written
+            to the staging folder first) or ``datasets.DatasetDict`` (with ``split``).
         output: the packed folder to create (a path, or a URI).
         config: how to pack.
         overwrite: replace ``output`` if it exists.
@@ -170,6 +313,13 @@ def pack_dataset(
             instance with (``engine="ray"``). The output is byte-identical whatever the number.
         engine: ``"local"`` or ``"ray"`` (see :data:`packer.engines.ENGINES`).
         ray_address: the Ray cluster to join (``engine="ray"``); default: start a local instance.
+        split: the split to pack of a ``DatasetDict`` or of a folder that holds several datasets (``--split``);
+            such inputs are refused without it.
+
+    The columns are decided once over all input files (:func:`packer.reader.resolve_columns`): by default the
+    ``labels`` (or ``loss_mask``) column if every file has one, as ``packer pack`` does; the manifest's config
+    records the columns used. A run that loses more than :data:`LOSS_WARNING` of its tokens or sequences logs a
+    warning; ``config.max_loss`` makes that an error (raised before the output takes its name).
 
     If ``output`` already holds this input packed with this configuration (same ``config`` and input
     fingerprint in its manifest), nothing is rewritten and its manifest is returned: rerunning a command after a
@@ -191,13 +341,19 @@ def pack_dataset(
     t_start = t = time.perf_counter()
     staging = _staging_for(output, engine)
     try:
-        catalog = scan_inputs(inputs, columns=config.columns, staging=staging)
+        inputs, split, label = _datasets_input(inputs, split, staging, config.columns.input_ids)
+        catalog = scan_inputs(inputs, columns=config.columns, staging=staging, split=split)
+        if label is not None:  # the manifest names the dataset, not the staged copy that is removed at the end
+            catalog.files = [replace(f, name=label) for f in catalog.files]
+        config = replace(config, columns=catalog.columns)  # as decided over all files: what the manifest records
         fingerprint = input_fingerprint(catalog)
         timings["open"] = time.perf_counter() - t
         if verify and (is_uri(output) or any(is_uri(f.name) for f in catalog.files)):
             raise PackerError("--verify reads the input and the output through local paths; pack URIs without "
                               "--verify, or verify a local copy with 'packer verify'")
-        verify_inputs = [f.name for f in catalog.files]
+        # a repacked folder is checked on its own: its provenance points at rows of an input it was not read from
+        verify_inputs = (None if catalog.origin is not None else catalog if label is not None
+                         else [f.name for f in catalog.files])
         if not overwrite:
             done = _already_packed(output, config, fingerprint)
             if done is not None:
@@ -213,6 +369,7 @@ def pack_dataset(
         if segments.empty_rows:
             log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics",
                         segments.empty_rows)
+        _check_loss(segments, config, LabelCounts(0, 0, 0), final=False)
         shard_tokens = np.add.reduceat(plan.pack_tokens, np.arange(0, plan.n_packs, config.shard_size))
         if shard_tokens.max() > INT32_MAX:
             raise PackerError(f"--shard-size {config.shard_size:,} puts {int(shard_tokens.max()):,} tokens in one "
@@ -220,13 +377,15 @@ def pack_dataset(
 
         t = time.perf_counter()
         n_shards = math.ceil(plan.n_packs / config.shard_size)
-        label_tokens = 0
+        label_tokens = untrainable = untrainable_tokens = 0
         phase = {"gather": 0.0, "write": 0.0}
         with PackedWriter(output, n_shards=n_shards, overwrite=overwrite) as writer, _progress(plan.tokens, progress) as bar:
             def on_result(r: ShardResult) -> None:
-                nonlocal label_tokens
+                nonlocal label_tokens, untrainable, untrainable_tokens
                 writer.add_shard(r.index, r.info)
                 label_tokens += r.label_tokens
+                untrainable += r.untrainable_sequences
+                untrainable_tokens += r.untrainable_tokens
                 phase["gather"] += r.gather_s
                 phase["write"] += r.write_s
                 bar.update(r.tokens)
@@ -235,7 +394,10 @@ def pack_dataset(
             slots = run_jobs(jobs, on_result, engine=engine, workers=workers, ray_address=ray_address)
             timings["write"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t_start
-            stats = compute_stats(catalog.lengths, segments, plan, label_tokens=label_tokens)
+            counts = LabelCounts(label_tokens, untrainable, untrainable_tokens)
+            _check_loss(segments, config, counts, final=True)
+            stats = compute_stats(catalog.lengths, segments, plan, label_tokens=label_tokens,
+                                  untrainable=(untrainable, untrainable_tokens))
             stats.update(plan_info)
             out_bytes = sum(s.bytes for s in writer.shards)
             manifest = {
@@ -245,13 +407,15 @@ def pack_dataset(
                 fmt.MANIFEST_CONFIG: config.to_json(),
                 fmt.MANIFEST_INPUT: {
                     "files": [
-                        {"path": f.name if is_uri(f.name) else os.path.abspath(f.name), "rows": int(f.rows),
+                        {"path": f.name if is_uri(f.name) or f.name == label else os.path.abspath(f.name),
+                         "rows": int(f.rows),
                          "bytes": int(f.bytes)}
                         for f in catalog.files
                     ],
                     "rows": catalog.n_rows,
                     "tokens": segments.tokens_in,
                     "fingerprint": fingerprint,
+                    **_repacked(catalog),
                 },
                 fmt.MANIFEST_STATS: stats,
                 fmt.MANIFEST_RUN: {
@@ -267,7 +431,7 @@ def pack_dataset(
             manifest = writer.finish(
                 manifest, before_publish=(lambda tmp: _verify_or_raise(tmp, verify_inputs)) if verify else None)
     finally:
-        _remove(catalog.staging if "catalog" in locals() else staging)
+        _remove(staging)
     log.info("%s", summary_line(manifest))
     return manifest
 

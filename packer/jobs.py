@@ -21,7 +21,7 @@ import pyarrow as pa
 from packer import format as fmt
 from packer.plan import PackPlan, Segments, make_segments, plan_packs
 from packer.reader import BatchChunks, Columns, InputFile, TokenizedInput
-from packer.shards import Gatherer, ShardBuffers, build_shard
+from packer.shards import Gatherer, LabelCounts, ShardBuffers, build_shard
 from packer.writer import ShardInfo, write_shard
 
 PLANS = {
@@ -47,6 +47,8 @@ class ShardJob:
         pack_offsets: int64 (packs + 1,), pack ``p`` holds sequences ``pack_offsets[p]:pack_offsets[p + 1]``.
         pack_tokens: int64 (packs,), tokens per pack.
         n_rows: rows in the whole input.
+        seq_index, seq_start: int64 (m,), the provenance to write for each sequence when it is not ``row`` and
+            ``start`` (a packed folder repacked: the rows and offsets of its original input); else None.
     """
 
     index: int
@@ -61,6 +63,8 @@ class ShardJob:
     pack_offsets: np.ndarray
     pack_tokens: np.ndarray
     n_rows: int
+    seq_index: np.ndarray | None = None
+    seq_start: np.ndarray | None = None
 
     @property
     def tokens(self) -> int:
@@ -69,7 +73,7 @@ class ShardJob:
 
 @dataclass(frozen=True)
 class ShardResult:
-    """What a job returns: the shard's manifest entry, its label-token count and its timings (seconds)."""
+    """What a job returns: the shard's manifest entry, its label counts and its timings (seconds)."""
 
     index: int
     info: ShardInfo
@@ -77,6 +81,8 @@ class ShardResult:
     tokens: int
     gather_s: float
     write_s: float
+    untrainable_sequences: int = 0
+    untrainable_tokens: int = 0
 
 
 def make_plan(lengths: np.ndarray, *, config, file_rows: np.ndarray) -> tuple[Segments, PackPlan, dict]:
@@ -133,6 +139,9 @@ def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, sh
         seg = plan.members[m0:m1]
         row = segments.row[seg]
         need = np.unique(np.searchsorted(starts, row, side="right") - 1)
+        origin = {}
+        if catalog.origin is not None:  # a packed folder read back: point at the rows of its original input
+            origin = {"seq_index": catalog.origin[0][row], "seq_start": catalog.origin[1][row] + segments.start[seg]}
         yield ShardJob(
             index=s,
             n_shards=n_shards,
@@ -146,11 +155,12 @@ def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, sh
             pack_offsets=plan.pack_offsets[p0 : p1 + 1] - m0,
             pack_tokens=plan.pack_tokens[p0:p1],
             n_rows=catalog.n_rows,
+            **origin,
         )
 
 
-def build_job_table(job: ShardJob, *, buffers: ShardBuffers | None = None) -> tuple[pa.Table, int]:
-    """The shard's table and its number of label tokens (the same table for the same job, in any process).
+def build_job_table(job: ShardJob, *, buffers: ShardBuffers | None = None) -> tuple[pa.Table, LabelCounts]:
+    """The shard's table and its :class:`LabelCounts` (the same table for the same job, in any process).
 
     ``buffers`` lets successive jobs reuse their output arrays; the table is a view of them until it has been
     written.
@@ -158,8 +168,9 @@ def build_job_table(job: ShardJob, *, buffers: ShardBuffers | None = None) -> tu
     # only the batches this job reads, opened on demand
     inp = TokenizedInput(files=list(job.files), columns=job.columns, batches=job.chunks,
                          chunks=BatchChunks(job.files, job.columns, job.chunks))
+    provenance = None if job.seq_index is None else (job.seq_index, job.seq_start)
     return build_shard(Gatherer(inp, buffers=buffers), job.row, job.start, job.length, job.pack_offsets,
-                       job.pack_tokens)
+                       job.pack_tokens, provenance=provenance)
 
 
 def run_shard_job(job: ShardJob) -> ShardResult:
@@ -169,9 +180,11 @@ def run_shard_job(job: ShardJob) -> ShardResult:
     return write_job_table(job, table, n_labels, gather_s=time.perf_counter() - t0)
 
 
-def write_job_table(job: ShardJob, table: pa.Table, n_labels: int, *, gather_s: float) -> ShardResult:
+def write_job_table(job: ShardJob, table: pa.Table, n_labels: LabelCounts, *, gather_s: float) -> ShardResult:
     """Write a built shard table (the second half of :func:`run_shard_job`; safe to run in another thread)."""
     t1 = time.perf_counter()
     info = write_shard(job.dest, fmt.shard_name(job.index, job.n_shards), table)
-    return ShardResult(index=job.index, info=info, label_tokens=n_labels, tokens=job.tokens,
-                       gather_s=gather_s, write_s=time.perf_counter() - t1)
+    return ShardResult(index=job.index, info=info, label_tokens=n_labels.label_tokens, tokens=job.tokens,
+                       gather_s=gather_s, write_s=time.perf_counter() - t1,
+                       untrainable_sequences=n_labels.untrainable_sequences,
+                       untrainable_tokens=n_labels.untrainable_tokens)

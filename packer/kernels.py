@@ -262,10 +262,12 @@ def gather(values, src, lengths, dst, out):
     The min/max let the caller reject token ids that do not fit ``out``'s dtype. They are taken from the copied
     segment while it is still in L1 cache, in a loop of its own: a single fused copy-and-compare loop does not
     vectorise and measured 3x slower. A gather that copies nothing (no segments, or only empty ones) returns
-    ``(0, 0)``, and an empty segment reads nothing, not even at its start. Releases the GIL.
+    ``(0, 0)``, and an empty segment reads nothing, not even at its start. ``lo`` and ``hi`` have ``values``'s own
+    dtype: a uint64 id of 2**63 or more would wrap to a negative int64. Releases the GIL.
     """
-    lo = np.int64(0)
-    hi = np.int64(0)
+    zero = np.zeros(1, dtype=values.dtype)
+    lo = zero[0]
+    hi = zero[0]
     seen = False
     for k in range(src.shape[0]):
         s = src[k]
@@ -273,8 +275,8 @@ def gather(values, src, lengths, dst, out):
         if n == 0:
             continue
         seg = values[s : s + n]
-        seg_lo = np.int64(seg.min())
-        seg_hi = np.int64(seg.max())
+        seg_lo = seg.min()
+        seg_hi = seg.max()
         if seen:
             lo = min(lo, seg_lo)
             hi = max(hi, seg_hi)

@@ -7,7 +7,15 @@ Accepted inputs, given as one or many paths (a path may be a glob) or as URIs th
 * ``.arrow`` files in the Arrow IPC *file* or *stream* format (told apart by their magic bytes);
 * ``.parquet`` files;
 * folders holding any of the above (searched recursively, in sorted path order; hidden folders and packed
-  folders, those with a ``packer.json``, are skipped).
+  folders, those with a ``packer.json``, are skipped). A folder must hold one dataset: several ``save_to_disk``
+  folders, ``DatasetDict`` splits at any depth, or files named by split (``train/``, ``test-0000.parquet``) are
+  refused with their names unless ``split`` picks one (:func:`resolve_paths`);
+* a packed folder given alone, read back as its sequences to be packed again (:func:`scan_packed`).
+
+The columns are decided once over the schemas of all files before any row is read (:func:`resolve_columns`): the
+``labels`` or ``loss_mask`` column if every file has it (:data:`DETECT`), refused if only some do. Text, padded rows
+(an ``attention_mask`` with zeros) and packed shards among tokenized files are refused with what to do
+(``docs/input.md``).
 
 :func:`scan_inputs` reads every input once, one record batch at a time: it validates the schema and every batch
 (types, nulls, equal column lengths; each message names the file, column and row, and the fix) and keeps only
@@ -45,8 +53,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from packer import format as fmt
 from packer.errors import PackerError
 from packer.format import MANIFEST_FILE
+from packer.packed_reader import PackedReader
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +65,104 @@ PARQUET_MAGIC = b"PAR1"
 ARROW_STREAM_CONTINUATION = b"\xff\xff\xff\xff"
 ARROW_STREAM_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 INPUT_SUFFIXES = (".arrow", ".parquet", ".parq")
+TEXT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".csv", ".tsv", ".txt")
+
+
+DETECT = "<detect>"
+"""Default of :attr:`Columns.labels` and :attr:`Columns.loss_mask`: look for the column in the input (see
+:func:`resolve_columns`). Not a possible column name of a tokenized dataset (no tokenizer pipeline writes ``<``)."""
+LABELS = "labels"
+LOSS_MASK = "loss_mask"
+ATTENTION_MASK = "attention_mask"
+DOCS_INPUT = "docs/input.md"
+SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval", "evaluation")
+"""Names that mark a split of a dataset when a folder or a file name is one of them (the Hugging Face hub's
+``data/train-00000-of-00002.parquet``, a ``DatasetDict`` folder's ``train/``)."""
+
+
+class ConfigError(PackerError):
+    """A bad value for a parameter of :class:`Columns`, :class:`packer.convert.PackConfig` or ``pack_dataset``.
+
+    The message names the Python parameter (``PackConfig(capacity=0): ...``); the CLI prints the flag instead
+    (``--max-length 0: ...``) with :meth:`message_for`.
+
+    Attributes:
+        owner: the class or function (``"PackConfig"``).
+        param: the parameter.
+        value: what was given.
+        rule: what it must be.
+    """
+
+    def __init__(self, owner: str, param: str, value, rule: str):
+        self.owner, self.param, self.value, self.rule = owner, param, value, rule
+        super().__init__(self.message_for(f"{owner}({param}={value!r})"))
+
+    def message_for(self, where: str) -> str:
+        return f"{where}: {self.rule}"
+
+
+def _column_name(owner: str, param: str, value, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise ConfigError(owner, param, value, "must be a column name (a non-empty string)"
+                          + (", or None" if optional else ""))
 
 
 @dataclass(frozen=True)
 class Columns:
-    """Which input columns to read.
+    """Which input columns to read, checked when built.
+
+    By default packer looks for a ``labels`` column, else a ``loss_mask`` column, in every input file
+    (:func:`resolve_columns`); ``packer pack`` and :func:`packer.convert.pack_dataset` decide the same way. Naming
+    one of the two (or passing None) turns detection off: ``Columns(labels=None)`` trains on every token.
 
     Attributes:
         input_ids: the token column (a list of integers per row).
-        labels: a label column of the same lengths (``-100`` = not trained on), or None.
-        loss_mask: a 0/1 column of the same lengths (1 = trained on), or None. At most one of labels/loss_mask.
+        labels: a label column of the same lengths (``-100`` = not trained on), None, or :data:`DETECT`.
+        loss_mask: a 0/1 column of the same lengths (1 = trained on), None, or :data:`DETECT`. At most one of
+            labels/loss_mask.
+
+    Raises:
+        ConfigError: a name that is not a non-empty string, both labels and loss_mask, a column used twice, or an
+            ``attention_mask`` given as the loss mask (it marks padding, not the tokens to train on).
     """
 
     input_ids: str = "input_ids"
-    labels: str | None = None
-    loss_mask: str | None = None
+    labels: str | None = DETECT
+    loss_mask: str | None = DETECT
 
     def __post_init__(self):
+        _column_name("Columns", "input_ids", self.input_ids, optional=False)
+        if (self.labels == DETECT) != (self.loss_mask == DETECT):  # one named: the other is not read
+            object.__setattr__(self, "labels" if self.labels == DETECT else "loss_mask", None)
+        if self.detect:
+            return
+        _column_name("Columns", "labels", self.labels, optional=True)
+        _column_name("Columns", "loss_mask", self.loss_mask, optional=True)
         if self.labels is not None and self.loss_mask is not None:
-            raise PackerError("give either a labels column or a loss-mask column, not both")
+            raise ConfigError("Columns", "loss_mask", self.loss_mask,
+                              f"give either a labels column or a loss-mask column, not both (labels={self.labels!r})")
+        for param in ("labels", "loss_mask"):
+            if getattr(self, param) == self.input_ids:
+                raise ConfigError("Columns", param, self.input_ids, "is the token column (input_ids) itself")
+        if self.loss_mask == ATTENTION_MASK:
+            raise ConfigError(
+                "Columns", "loss_mask", self.loss_mask,
+                "an attention mask marks padding, not the tokens to train on: as a loss mask it would train on "
+                "every real token, prompts included. Give the column that marks trained tokens (a 0/1 loss mask, "
+                f"or labels with -100); see {DOCS_INPUT}")
+
+    @property
+    def detect(self) -> bool:
+        """Whether the labels or loss-mask column is still to be found in the input."""
+        return self.labels == DETECT
 
     @property
     def names(self) -> list[str]:
         """The columns to read: ``input_ids`` first, then the labels or loss-mask column if any."""
+        if self.detect:
+            raise AssertionError("Columns.names before resolve_columns")
         return [self.input_ids] + [c for c in (self.labels, self.loss_mask) if c is not None]
 
 
@@ -131,6 +216,9 @@ class TokenizedInput:
         chunks: chunk ``c`` is batch ``batches[c]`` as a :class:`Chunk` (a list, or :class:`BatchChunks`).
         lengths: int64 (n_rows,), tokens per row; None in a shard job, which gets its sequences from the plan.
         staging: the staging folder holding converted Parquet inputs, or None.
+        origin: for a packed folder read back (:func:`scan_packed`): int64 (n_rows,) arrays ``(seq_index,
+            seq_offset)``, each sequence's row and offset in the *original* input; None otherwise.
+        source: for a packed folder read back: ``{"folder": ..., "input": its manifest's input}``.
     """
 
     files: list[InputFile]
@@ -139,6 +227,8 @@ class TokenizedInput:
     chunks: Sequence[Chunk]
     lengths: np.ndarray | None = None
     staging: str | None = None
+    origin: tuple[np.ndarray, np.ndarray] | None = None
+    source: dict | None = None
 
     @property
     def n_rows(self) -> int:
@@ -188,28 +278,44 @@ def filesystem(path) -> tuple[pafs.FileSystem, str, bool]:
     return fs, inner, isinstance(fs, pafs.LocalFileSystem)
 
 
-def resolve_paths(paths) -> list[str]:
-    """Expand folders, globs, ``save_to_disk`` folders and folder URIs into an ordered list of data files."""
+def resolve_paths(paths, *, split: str | None = None) -> list[str]:
+    """Expand folders, globs, ``save_to_disk`` folders and folder URIs into an ordered list of data files.
+
+    A folder must hold one dataset: a folder holding several (the splits of a ``DatasetDict`` at any depth,
+    several ``save_to_disk`` folders, or files whose folder or file name is a split name such as ``train/`` and
+    ``test/``) is refused with their names, unless ``split`` picks one of them by its split name. Files and globs
+    are taken as given.
+
+    Args:
+        paths: a path or paths (files, folders, globs) or URIs.
+        split: the split to take from folders that hold several (``--split``).
+
+    Raises:
+        PackerError: a missing path, a folder with no data or several datasets, a packed folder, or a ``split``
+            that no folder holds.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [str(p) for p in paths]
     if not paths:
         raise PackerError("no input given; pass one or more tokenized .arrow/.parquet files or folders")
+    if split is not None and (not isinstance(split, str) or not split):
+        raise ConfigError("pack_dataset", "split", split, "must be the name of a split (a non-empty string)")
     uris = [p for p in paths if is_uri(p)]
     if uris and len(uris) != len(paths):
         raise PackerError("mix of local paths and URIs; pass inputs of one kind (or file:// URIs for local files)")
     files: list[str] = []
     for p in paths:
         if uris:
-            files.extend(_expand_uri(p))
+            files.extend(_expand_uri(p, split))
         elif any(ch in p for ch in "*?["):
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:
                 raise PackerError(f"{p}: the pattern matches no file")
             for m in matches:
-                files.extend(_expand(Path(m)))
+                files.extend(_expand(Path(m), split))
         else:
-            files.extend(_expand(Path(p)))
+            files.extend(_expand(Path(p), split))
     seen = set()
     for f in files:
         if f in seen:
@@ -218,60 +324,160 @@ def resolve_paths(paths) -> list[str]:
     return files
 
 
-def _expand(path: Path) -> list[str]:
+def _packed_folder_error(path) -> PackerError:
+    return PackerError(
+        f"{path}: is a packed folder (it has {MANIFEST_FILE}), or a shard of one; read as tokenized rows, each pack "
+        "would become one sequence and its boundaries be lost. To repack it, give the folder itself as the only "
+        "input of 'packer pack' (or pack_dataset); or pack the original input, listed under 'input' in "
+        f"{MANIFEST_FILE}")
+
+
+def _split_of(rel: str) -> str | None:
+    """The split a data file belongs to, from its relative path: a folder named like a split, else a file name
+    that starts with one (``train-00000-of-00002.parquet``, ``test.arrow``)."""
+    parts = rel.split("/")
+    for part in parts[:-1]:
+        if part.lower() in SPLIT_NAMES:
+            return part
+    stem = parts[-1].split(".")[0]
+    head = stem.split("-")[0].split("_")[0]
+    return head if head.lower() in SPLIT_NAMES else None
+
+
+def _group_datasets(rel_files: list[str]) -> list[tuple[str, str | None, list[str], str | None]]:
+    """Split a folder's listing (relative POSIX paths of its data files and ``state.json`` files) into its
+    datasets: ``(name, split, data files, save_to_disk folder or None)``, one per ``save_to_disk`` folder, and one
+    per split of the other files (those of no split form one dataset). Empty datasets are left out."""
+    roots = sorted({posixpath.dirname(f) for f in rel_files if posixpath.basename(f) == "state.json"})
+    data = sorted(f for f in rel_files if f.endswith(INPUT_SUFFIXES))
+    out: list[tuple[str, str | None, list[str], str | None]] = []
+    claimed: set[str] = set()
+    # innermost first: a state.json inside another dataset's folder is its own dataset
+    for root in sorted(roots, key=lambda r: -r.count("/")):
+        prefix = root + "/" if root else ""
+        mine = [f for f in data if f.startswith(prefix) and f not in claimed]
+        claimed.update(mine)
+        out.append((root or ".", posixpath.basename(root) or None, mine, root))
+    loose: dict[str | None, list[str]] = {}
+    for f in data:
+        if f not in claimed:
+            loose.setdefault(_split_of(f), []).append(f)
+    for key, fs in loose.items():
+        out.append((key if key is not None else "files of no split", key, fs, None))
+    return sorted((d for d in out if d[2]), key=lambda d: d[0])
+
+
+def _pick(where, datasets: list, split: str | None) -> tuple:
+    """The one dataset of a folder (or its ``split``) from :func:`_group_datasets`, or a PackerError naming all."""
+    names = ", ".join(d[0] for d in datasets)
+    if split is not None:
+        chosen = [d for d in datasets if d[1] == split]
+        if not chosen:
+            raise PackerError(f"{where}: holds no split {split!r} (datasets found: {names}); pass one of their "
+                              "split names to --split, or the path of the one to pack")
+        if len(chosen) > 1:
+            raise PackerError(f"{where}: {len(chosen)} datasets have a split {split!r}: "
+                              f"{', '.join(d[0] for d in chosen)}; pass the path of the one to pack")
+        return chosen[0]
+    if len(datasets) > 1:
+        raise PackerError(
+            f"{where}: holds {len(datasets)} datasets ({names}); packing them together would mix them (test rows "
+            "into training). Pass the path of the one to pack, or --split NAME (split= in Python) to take one split")
+    return datasets[0]
+
+
+def _state_files(path: Path) -> list[str]:
+    """The data files of a ``save_to_disk`` folder, in the order its ``state.json`` lists them."""
+    state = path / "state.json"
+    try:
+        data_files = json.loads(state.read_text())["_data_files"]
+        names = [d["filename"] for d in data_files]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PackerError(f"{state}: not a readable datasets state.json ({e}); re-save the dataset") from None
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        raise PackerError(f"{path}: state.json lists {missing[0]}, which is missing; re-save the dataset")
+    return [str(path / n) for n in names]
+
+
+def _expand(path: Path, split: str | None = None) -> list[str]:
     if not path.exists():
         raise PackerError(f"{path}: no such file or folder")
     if path.is_file():
+        if split is not None:
+            raise PackerError(f"{path}: is a file; --split (split=) picks a split of a folder that holds several")
         return [str(path)]
+    if (path / MANIFEST_FILE).is_file():
+        raise _packed_folder_error(path)
     if (path / "dataset_dict.json").is_file():
-        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if split is not None and split in splits:
+            return _expand(path / split)
         raise PackerError(
-            f"{path}: is a DatasetDict folder; pass one split folder instead (one of: {', '.join(splits)})"
+            f"{path}: is a DatasetDict folder; pass one split folder instead (one of: {', '.join(splits)}), "
+            "or --split NAME (split= in Python)"
+            + (f"; it has no split {split!r}" if split is not None else "")
         )
-    state = path / "state.json"
-    if state.is_file():
-        try:
-            data_files = json.loads(state.read_text())["_data_files"]
-            names = [d["filename"] for d in data_files]
-        except (ValueError, KeyError, TypeError) as e:
-            raise PackerError(f"{state}: not a readable datasets state.json ({e}); re-save the dataset") from None
-        missing = [n for n in names if not (path / n).is_file()]
-        if missing:
-            raise PackerError(f"{path}: state.json lists {missing[0]}, which is missing; re-save the dataset")
-        return [str(path / n) for n in names]
-    found = []
+    if (path / "state.json").is_file():
+        if split is not None and path.name != split:
+            raise PackerError(f"{path}: is one dataset (a save_to_disk folder), not split {split!r}; drop --split "
+                              "or pass the folder of that split")
+        return _state_files(path)
+    listing: list[str] = []
     for root, dirs, names in os.walk(path):
         # skip hidden folders (temporary outputs) and packed folders (a previous output next to its input)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.exists(os.path.join(root, d, MANIFEST_FILE))]
-        found += [os.path.join(root, n) for n in names if n.endswith(INPUT_SUFFIXES) and not n.startswith(".")]
-    found.sort()
-    if not found:
-        raise PackerError(f"{path}: the folder holds no .arrow or .parquet file")
-    return found
+        packed = [d for d in dirs if os.path.exists(os.path.join(root, d, MANIFEST_FILE))]
+        for d in packed:
+            log.info("skipping %s: a packed folder", os.path.join(root, d))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in packed)
+        rel = os.path.relpath(root, path).replace(os.sep, "/")
+        rel = "" if rel == "." else rel + "/"
+        listing += [rel + n for n in names if not n.startswith(".")
+                    and (n.endswith(INPUT_SUFFIXES) or n == "state.json")]
+    datasets = _group_datasets(listing)
+    if not datasets:
+        text = next((os.path.join(r, n) for r, _, ns in os.walk(path) for n in ns if n.lower().endswith(TEXT_SUFFIXES)
+                     and n not in ("state.json", "dataset_info.json", "dataset_dict.json")), None)
+        raise PackerError(f"{path}: the folder holds no .arrow or .parquet file" + (
+            f" (it holds text such as {os.path.basename(text)}: packer takes token ids; see the tokenize-then-pack "
+            f"example in {DOCS_INPUT})" if text else ""))
+    _, _, files, root = _pick(path, datasets, split)
+    if root is not None:
+        return _state_files(path / root)
+    folders = sorted({f.split("/")[0] for f in files if "/" in f})
+    if len(folders) > 1:  # a layout packer cannot tell from several datasets: say what is merged
+        log.info("%s: packing the files of %d folders as one dataset (%s); pass a folder to pack it alone", path,
+                 len(folders), _few(folders))
+    return [str(path / f) for f in files]
 
 
-def _expand_uri(uri: str) -> list[str]:
-    """A file URI, or every Arrow/Parquet file below a folder URI, skipped and ordered as for local folders."""
+def _expand_uri(uri: str, split: str | None = None) -> list[str]:
+    """A file URI, or every Arrow/Parquet file below a folder URI, skipped, grouped and ordered as for local
+    folders (a ``save_to_disk`` folder's files in name order)."""
     fs, inner, _ = filesystem(uri)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
         raise PackerError(f"{uri}: no such file or folder")
     if info.type == pafs.FileType.File:
+        if split is not None:
+            raise PackerError(f"{uri}: is a file; --split (split=) picks a split of a folder that holds several")
         return [uri]
     root = inner.rstrip("/")
     listing = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    if any(i.path == root + "/" + MANIFEST_FILE for i in listing):
+        raise _packed_folder_error(uri)
     packed = [posixpath.dirname(i.path) + "/" for i in listing if posixpath.basename(i.path) == MANIFEST_FILE]
-    found = sorted(
-        i.path for i in listing
-        if i.type == pafs.FileType.File and i.path.endswith(INPUT_SUFFIXES)
+    rel = sorted(
+        i.path[len(root) + 1:] for i in listing
+        if i.type == pafs.FileType.File
+        and (i.path.endswith(INPUT_SUFFIXES) or posixpath.basename(i.path) == "state.json")
         and not any(part.startswith(".") for part in i.path[len(root):].split("/"))
         and not any(i.path.startswith(d) for d in packed)
     )
-    if not found:
+    datasets = _group_datasets(rel)
+    if not datasets:
         raise PackerError(f"{uri}: the folder holds no .arrow or .parquet file")
-    scheme = uri[: uri.index("://") + 3]
-    prefix = uri[len(scheme):].rstrip("/")
-    return [scheme + (prefix + p[len(root):] if p.startswith(root) else p) for p in found]
+    return [uri.rstrip("/") + "/" + f for f in _pick(uri, datasets, split)[2]]
 
 
 # ---------------------------------------------------------------------------------------------- one file
@@ -293,6 +499,10 @@ def _sniff(uri: str) -> str:
         return "parquet"
     if head.startswith(ARROW_STREAM_CONTINUATION) or uri.endswith(".arrow"):
         return "arrow-stream"
+    if uri.lower().endswith(TEXT_SUFFIXES) or head.lstrip()[:1] in (b"{", b"["):
+        raise PackerError(f"{uri}: is text (JSON, CSV or plain text), not Arrow or Parquet; packer takes token ids. "
+                          "Tokenize first, for example with datasets.map and a tokenizer, then pack: see the "
+                          f"tokenize-then-pack example in {DOCS_INPUT}")
     raise PackerError(f"{uri}: neither Arrow IPC nor Parquet (unknown magic bytes {head[:4]!r})")
 
 
@@ -345,26 +555,34 @@ def _unreadable(uri: str, kind: str, e: Exception) -> PackerError:
     return PackerError(f"{uri}: cannot be read as {what} ({msg}); the file may be truncated or corrupted")
 
 
-def has_column(inputs, name: str) -> bool:
-    """Whether the first input file (a local path or a URI) has a column ``name`` (reads its schema only)."""
-    uri = resolve_paths(inputs)[0]
-    kind = _sniff(uri)
+def read_schema(uri: str, kind: str | None = None) -> pa.Schema:
+    """The Arrow schema of one input file: its footer (Parquet, Arrow file) or first message (Arrow stream); no row
+    is read, and no record batch is opened."""
+    kind = kind or _sniff(uri)
+    fs, inner, _ = filesystem(uri)
     try:
-        return name in _open_batches(uri, kind, [])[0].names
-    except (pa.ArrowException, OSError) as e:
-        raise PackerError(f"{uri}: cannot read its schema ({e}); the file may be truncated or corrupted") from None
+        with fs.open_input_file(inner) as fh:
+            if kind == "parquet":
+                return pq.read_schema(fh)
+            return (pa.ipc.open_file(fh) if kind == "arrow-file" else pa.ipc.open_stream(fh)).schema
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise _unreadable(uri, kind, e) from None
+
+
+def has_column(inputs, name: str, *, split: str | None = None) -> bool:
+    """Whether every input file has a column ``name`` (reads their schemas only).
+
+    Raises:
+        PackerError: some files have it and others do not (the files named).
+    """
+    uris = resolve_paths(inputs, split=split)
+    have = [name in read_schema(u).names for u in uris]
+    if any(have) and not all(have):
+        raise PackerError(_disagree(name, uris, have))
+    return all(have)
 
 
 # ---------------------------------------------------------------------------------------------- validation
-
-
-def _require_columns(uri: str, have: list[str], want: list[str]) -> None:
-    for name in want:
-        if name not in have:
-            raise PackerError(
-                f"{uri}: no column {name!r} (columns: {', '.join(have) or 'none'}); "
-                "name the right one with --input-column/--labels-column/--loss-mask-column"
-            )
 
 
 def _check_list_type(uri: str, name: str, typ: pa.DataType, *, allow_bool: bool = False) -> None:
@@ -373,15 +591,6 @@ def _check_list_type(uri: str, name: str, typ: pa.DataType, *, allow_bool: bool 
     vt = typ.value_type
     if not (pa.types.is_integer(vt) or (allow_bool and pa.types.is_boolean(vt))):
         raise PackerError(f"{uri}: column {name!r} is {typ}; its items must be integers, not {vt}")
-
-
-def _check_schema(uri: str, schema: pa.Schema, columns: Columns) -> None:
-    _require_columns(uri, schema.names, columns.names)
-    _check_list_type(uri, columns.input_ids, schema.field(columns.input_ids).type)
-    if columns.labels:
-        _check_list_type(uri, columns.labels, schema.field(columns.labels).type)
-    if columns.loss_mask:
-        _check_list_type(uri, columns.loss_mask, schema.field(columns.loss_mask).type, allow_bool=True)
 
 
 def _check_batch(uri: str, batch: pa.RecordBatch, names: list[str], row0: int) -> np.ndarray:
@@ -454,16 +663,264 @@ def _to_chunk(name: str, columns: Columns, batch: pa.RecordBatch, row_start: int
     return chunk
 
 
+def _few(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def _disagree(name: str, uris: list[str], have: list[bool]) -> str:
+    yes = [u for u, h in zip(uris, have) if h]
+    no = [u for u, h in zip(uris, have) if not h]
+    return (f"column {name!r} is in {len(yes)} of {len(uris)} input files ({_few(yes)}) but not in {_few(no)}; "
+            "the files would be trained differently. Give every file the column, or choose for all of them: "
+            "--labels-column/--loss-mask-column NAME (labels=/loss_mask= in Python) to use it (files without it are "
+            "refused), --no-labels (labels=None) to train on every token")
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+
+
+def text_input_hint(uri: str, schema: pa.Schema, input_ids: str) -> str | None:
+    """The message for text where token ids were expected, or None."""
+    text = [f.name for f in schema if _is_text(f.type)]
+    typ = schema.field(input_ids).type if input_ids in schema.names else None
+    if (typ is not None and _is_text(typ)) or (typ is None and text):
+        col = input_ids if typ is not None else text[0]
+        return (f"{uri}: column {col!r} holds text; packer takes token ids (a list of integers per row, column "
+                f"{input_ids!r}). Tokenize first, for example with datasets.map and a tokenizer, then pack: see the "
+                f"tokenize-then-pack example in {DOCS_INPUT}")
+    return None
+
+
+def _kind(typ: pa.DataType) -> str:
+    return "bool" if pa.types.is_boolean(typ.value_type) else "int"
+
+
+def resolve_columns(uris: list[str], schemas: list[pa.Schema], columns: Columns) -> Columns:
+    """Decide, over all input files at once, which columns to read; the same for every entry point.
+
+    With :data:`DETECT` (the default), a ``labels`` column is used if every file has one, else a ``loss_mask``
+    column if every file has one, else none (every token is trained on). A column that some files have and others
+    lack, or that is in every file with both names present, is refused: the files would mean different things.
+    Named columns must be in every file. Every column read must have one type kind (integer, or boolean for a
+    loss mask) across the files; a packed shard (``cu_seqlens``) or text where tokens are expected is refused.
+
+    Returns:
+        A :class:`Columns` without :data:`DETECT`.
+
+    Raises:
+        PackerError: naming the files, the column and the option that settles it.
+    """
+    for uri, schema in zip(uris, schemas):
+        if fmt.CU_SEQLENS in schema.names and fmt.SEQ_INDEX in schema.names:
+            folder = posixpath.dirname(uri) if is_uri(uri) else os.path.dirname(uri)
+            raise _packed_folder_error(folder or uri)
+        hint = text_input_hint(uri, schema, columns.input_ids)
+        if hint:
+            raise PackerError(hint)
+    if columns.detect:
+        found = {}
+        for name in (LABELS, LOSS_MASK):
+            have = [name in s.names for s in schemas]
+            if any(have) and not all(have):
+                raise PackerError(_disagree(name, uris, have))
+            found[name] = all(have) and bool(schemas)
+        if found[LABELS] and found[LOSS_MASK]:
+            raise PackerError(f"{uris[0]}: has both a {LABELS!r} and a {LOSS_MASK!r} column; choose one with "
+                              "--labels-column or --loss-mask-column (labels=/loss_mask= in Python)")
+        columns = Columns(columns.input_ids, labels=LABELS if found[LABELS] else None,
+                          loss_mask=LOSS_MASK if found[LOSS_MASK] else None)
+        if columns.labels or columns.loss_mask:
+            log.debug("reading %r as the %s column (found in every input file); --no-labels trains on every token",
+                     columns.labels or columns.loss_mask, "labels" if columns.labels else "loss-mask")
+    for name in columns.names:
+        missing = [u for u, s in zip(uris, schemas) if name not in s.names]
+        if missing:
+            have = schemas[uris.index(missing[0])].names
+            raise PackerError(
+                f"{_few(missing)}: no column {name!r} (columns: {', '.join(have) or 'none'}); name the right one "
+                "with --input-column/--labels-column/--loss-mask-column"
+                + (f" (in {len(uris) - len(missing)} other input files it exists)"
+                   if len(missing) < len(uris) else ""))
+        kinds = {}
+        for uri, schema in zip(uris, schemas):
+            typ = schema.field(name).type
+            _check_list_type(uri, name, typ, allow_bool=(name == columns.loss_mask))
+            kinds.setdefault(_kind(typ), []).append(uri)
+        if len(kinds) > 1:
+            raise PackerError(f"column {name!r} holds integers in {_few(kinds['int'])} but booleans in "
+                              f"{_few(kinds['bool'])}; give it one type in every file")
+    return columns
+
+
+def _check_padding(uri: str, batch: pa.RecordBatch, row0: int) -> None:
+    """Refuse a batch whose ``attention_mask`` has zeros: padded rows, whose pad tokens would be packed as text."""
+    col = batch.column(ATTENTION_MASK)
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or col.null_count:
+        return
+    values = col.values
+    if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)) or values.null_count:
+        return
+    offsets = col.offsets.to_numpy()
+    m = values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+    if m.all():
+        return
+    zero = m == 0
+    rows = np.searchsorted(offsets[1:] - offsets[0], np.flatnonzero(zero), side="right")
+    r = int(rows[0])
+    mask = np.asarray(m[offsets[r] - offsets[0]:offsets[r + 1] - offsets[0]]) != 0
+    ones = np.flatnonzero(mask)
+    if ones.size == 0:
+        how = "all padding"
+    elif ones[-1] - ones[0] + 1 != ones.size:
+        how = "a mask with gaps, which is not padding packer can strip"
+    else:
+        how = "left-padded" if ones[0] > 0 else "right-padded"
+    raise PackerError(
+        f"{uri}: column {ATTENTION_MASK!r} is 0 at {int(zero.sum()):,} of {m.size:,} tokens in rows {row0}..."
+        f"{row0 + len(col) - 1} (row {row0 + r} is {how}): the rows are padded, and packer would pack the pad "
+        "tokens as text. Tokenize without padding (padding=False; packing replaces it), or drop the pad tokens "
+        f"first: see {DOCS_INPUT}")
+
+
+# ---------------------------------------------------------------------------------------------- packed input
+
+
+def packed_folder(inputs) -> str | None:
+    """The local packed folder that ``inputs`` names alone (a path, or a list of one), or None."""
+    if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
+        inputs = inputs[0]
+    if not isinstance(inputs, (str, os.PathLike)) or is_uri(inputs):
+        return None
+    path = Path(inputs)
+    return str(path) if path.is_dir() and (path / MANIFEST_FILE).is_file() else None
+
+
+def _sequences_of(path, batch: pa.RecordBatch, row0: int):
+    """A packed shard's record batch as one row per sequence: ``(batch of input_ids/labels, seq_index,
+    seq_offset)``. Checks what the split relies on (cu_seqlens from 0 to each pack's length, strictly increasing,
+    one provenance entry per sequence) and raises naming the pack otherwise."""
+    ids, lab, cu = (batch.column(n) for n in (fmt.INPUT_IDS, fmt.LABELS, fmt.CU_SEQLENS))
+    si, so = batch.column(fmt.SEQ_INDEX), batch.column(fmt.SEQ_OFFSET)
+    ids_off = ids.offsets.to_numpy().astype(np.int64)
+    lab_off = lab.offsets.to_numpy().astype(np.int64)
+    cu_off = cu.offsets.to_numpy().astype(np.int64)
+    n_seq = np.diff(cu_off) - 1
+    cu_val = cu.values.to_numpy()[cu_off[0]:cu_off[-1]].astype(np.int64)
+    local = cu_off - cu_off[0]
+    pack_len = np.diff(ids_off)
+    bad = (n_seq < 1) | (np.diff(si.offsets.to_numpy()) != n_seq) | (np.diff(so.offsets.to_numpy()) != n_seq) \
+        | (np.diff(lab_off) != pack_len)
+    ok = ~bad
+    first = np.zeros_like(bad)
+    last = np.zeros_like(bad)
+    first[ok] = cu_val[local[:-1][ok]] != 0
+    last[ok] = cu_val[local[1:][ok] - 1] != pack_len[ok]
+    step = np.diff(cu_val)
+    inside = np.ones(step.shape[0], dtype=bool)
+    inside[(local[1:-1] - 1)[(local[1:-1] - 1) < step.shape[0]]] = False  # steps between two packs
+    flat_bad = np.flatnonzero(inside & (step <= 0))
+    bad |= first | last
+    if flat_bad.size:
+        bad[int(np.searchsorted(local, flat_bad[0], side="right")) - 1] = True
+    if bad.any():
+        p = int(np.argmax(bad))
+        raise PackerError(f"{path}: pack {row0 + p} has inconsistent cu_seqlens, labels or provenance; the packed "
+                          "folder is damaged ('packer verify' names the defects); re-pack it from its input")
+    pack = np.repeat(np.arange(len(ids), dtype=np.int64), np.diff(cu_off))
+    pos = ids_off[pack] + cu_val
+    keep = np.ones(pos.shape[0], dtype=bool)
+    keep[local[1:] - 1] = False  # each pack's closing entry
+    offsets = np.append(pos[keep], ids_off[-1])
+    total = int(offsets[-1] - offsets[0])
+    rel = pa.array((offsets - offsets[0]).astype(np.int32))
+    shift = int(lab_off[0] - ids_off[0])
+    out = pa.RecordBatch.from_arrays([
+        pa.ListArray.from_arrays(rel, ids.values.slice(int(offsets[0]), total)),
+        pa.ListArray.from_arrays(rel, lab.values.slice(int(offsets[0]) + shift, total)),
+    ], names=[fmt.INPUT_IDS, fmt.LABELS])
+    s0, s1 = si.offsets[0].as_py(), si.offsets[-1].as_py()
+    o0, o1 = so.offsets[0].as_py(), so.offsets[-1].as_py()
+    return (out, si.values.to_numpy()[s0:s1].astype(np.int64), so.values.to_numpy()[o0:o1].astype(np.int64))
+
+
+def scan_packed(folder, *, columns: Columns = Columns(), staging: str) -> TokenizedInput:
+    """A packed folder read back as tokenized input: one row per packed sequence, to be packed again.
+
+    The folder is opened with :class:`packer.packed_reader.PackedReader` (manifest, checksum, shard sizes). Each
+    shard's sequences are written to an Arrow file in ``staging`` (``input_ids`` and ``labels`` per sequence, in
+    pack order), and each sequence's ``seq_index``/``seq_offset`` is kept in ``origin``, so that the new packs
+    point at the rows of the *original* input. Labels are the packed ones: ``-100`` at each sequence's first token
+    (the original may have trained on it; only that label can differ from the original's).
+
+    Raises:
+        PackerError: columns other than ``input_ids``/``labels`` asked for; a folder holding pieces of rows cut by
+            ``--overflow split`` (their offsets would not be those a new split makes: pack the original input);
+            a damaged folder.
+    """
+    reader = PackedReader(folder)
+    if columns.detect or (columns.input_ids, columns.labels, columns.loss_mask) == (fmt.INPUT_IDS, fmt.LABELS, None):
+        columns = Columns(fmt.INPUT_IDS, labels=fmt.LABELS)
+    elif (columns.input_ids, columns.labels, columns.loss_mask) != (fmt.INPUT_IDS, None, None):
+        raise PackerError(f"{folder}: a packed folder has the columns {fmt.INPUT_IDS!r} and {fmt.LABELS!r}; repack it "
+                          "with its labels (the default) or with --no-labels")
+    schema = pa.schema([fmt.SCHEMA.field(fmt.INPUT_IDS), fmt.SCHEMA.field(fmt.LABELS)])
+    sfs, sinner, _ = filesystem(staging)
+    sfs.create_dir(sinner, recursive=True)
+    files, lengths, batches, index, offset = [], [], [], [], []
+    row = 0
+    for f, path in enumerate(reader.shard_paths):
+        read = _stage_name(staging, f, str(path))
+        row0, nb, pack0 = row, 0, 0
+        rfs, rinner, _ = filesystem(read)
+        with pa.memory_map(str(path), "r") as src, rfs.open_output_stream(rinner) as sink, \
+                pa.ipc.new_file(sink, schema) as w:
+            for batch in pa.ipc.open_stream(src):
+                pack0 += batch.num_rows
+                if not batch.num_rows:
+                    continue
+                seqs, si, so = _sequences_of(path, batch, pack0 - batch.num_rows)
+                if (so != 0).any():
+                    raise PackerError(
+                        f"{folder}: holds pieces of rows cut by --overflow split (seq_offset > 0); repacked as "
+                        "sequences they would keep the old cut. Pack the original input (listed under 'input' in "
+                        f"{MANIFEST_FILE}) with the new options")
+                w.write_batch(seqs)
+                batches.append((f, nb, row))
+                nb += 1
+                lengths.append(np.diff(seqs.column(0).offsets.to_numpy()).astype(np.int64))
+                index.append(si)
+                offset.append(so)
+                row += seqs.num_rows
+        files.append(InputFile(name=str(path), read=read, kind="arrow-file", rows=row - row0,
+                               bytes=os.path.getsize(path)))
+    idx = np.asarray(batches, dtype=np.int64).reshape(-1, 3)
+    log.info("repacking %s: %d sequences from %d shard(s)", folder, row, len(files))
+    return TokenizedInput(
+        files=files, columns=columns, batches=idx, chunks=BatchChunks(files, columns, idx),
+        lengths=np.concatenate(lengths) if lengths else np.zeros(0, np.int64), staging=staging,
+        origin=(np.concatenate(index) if index else np.zeros(0, np.int64),
+                np.concatenate(offset) if offset else np.zeros(0, np.int64)),
+        source={"folder": os.path.abspath(folder), "input": reader.manifest.get(fmt.MANIFEST_INPUT)},
+    )
+
+
 # ---------------------------------------------------------------------------------------------- the scan
 
 
 def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = None,
-                keep: bool = False) -> TokenizedInput:
+                keep: bool = False, split: str | None = None) -> TokenizedInput:
     """Find, validate and measure the inputs, one record batch at a time.
+
+    Before any row is read (or anything staged), the schemas of all files are read and the columns decided once
+    for all of them (:func:`resolve_columns`). A packed folder given alone, with a staging folder, is read back
+    as its sequences (:func:`scan_packed`); without one it is refused. A file with an ``attention_mask`` column
+    is checked for padding (a 0 in the mask): padded input is refused (:func:`_check_padding`).
 
     Args:
         inputs: a path or paths, folders, globs (local) or URIs.
-        columns: the columns to read.
+        columns: the columns to read (by default the labels or loss-mask column is detected).
+        split: the split to take from folders that hold several (see :func:`resolve_paths`).
         staging: a folder (path or URI) to convert Parquet inputs into Arrow IPC files in (created on first
             use), so that shard jobs can memory-map them, and, when it is local, to copy remote inputs into; None
             reads every batch from its own file.
@@ -476,7 +933,15 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
     Raises:
         PackerError: naming the file, column and row, for anything packer cannot read.
     """
-    uris = resolve_paths(inputs)
+    folder = packed_folder(inputs)
+    if folder is not None and staging is not None:
+        if split is not None:
+            raise PackerError(f"{folder}: is a packed folder, which has no splits; drop --split")
+        return scan_packed(folder, columns=columns, staging=staging)
+    uris = resolve_paths(inputs, split=split)
+    kinds = [_sniff(uri) for uri in uris]
+    schemas = [read_schema(uri, kind) for uri, kind in zip(uris, kinds)]
+    columns = resolve_columns(uris, schemas, columns)
     names = columns.names
     files: list[InputFile] = []
     lengths: list[np.ndarray] = []
@@ -485,16 +950,16 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
     row = 0
     staged_any = False
     staging_local = staging is not None and filesystem(staging)[2]
-    for f, uri in enumerate(uris):
-        kind = _sniff(uri)
+    for f, (uri, kind, schema) in enumerate(zip(uris, kinds, schemas)):
         read, read_kind = uri, kind
+        padded = ATTENTION_MASK in schema.names and ATTENTION_MASK not in names
+        scan_names = names + [ATTENTION_MASK] if padded else names
         fs, inner, local = filesystem(uri)
         try:
             size = fs.get_file_info(inner).size
             if kind == "arrow-stream":
                 _check_stream_end(uri)
-            schema, it = _open_batches(uri, kind, names)
-            _check_schema(uri, schema, columns)
+            schema, it = _open_batches(uri, kind, scan_names)
             if staging is not None and (kind == "parquet" or (not local and staging_local)):
                 read, read_kind = _stage_name(staging, f, uri), "arrow-file"
                 if not staged_any:
@@ -504,6 +969,8 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
                 it = _stage(it, read, pa.schema([schema.field(n) for n in names]))
             row0 = row
             for b, batch in enumerate(it):
+                if padded:
+                    _check_padding(uri, batch, row - row0)
                 n = _check_batch(uri, batch, names, row - row0)
                 if batch.num_rows:
                     batches.append((f, b, row))
@@ -547,7 +1014,7 @@ def _stage(batches, dest: str, schema: pa.Schema):
     dfs, dinner, _ = filesystem(dest)
     with dfs.open_output_stream(dinner) as sink, pa.ipc.new_file(sink, schema) as w:
         for batch in batches:
-            w.write_batch(batch)
+            w.write_batch(batch.select(schema.names) if batch.schema.names != schema.names else batch)
             yield batch
 
 

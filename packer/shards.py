@@ -5,6 +5,8 @@ threads, processes or Ray tasks); it knows nothing of plans, only of the sequenc
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pyarrow as pa
 
@@ -15,6 +17,14 @@ from packer.reader import TokenizedInput
 from packer.writer import shard_table
 
 INT32_MAX = 2**31 - 1
+
+
+class LabelCounts(NamedTuple):
+    """What the labels of a built shard hold: tokens trained on, and the sequences with none (and their tokens)."""
+
+    label_tokens: int
+    untrainable_sequences: int
+    untrainable_tokens: int
 
 
 class ShardBuffers:
@@ -119,26 +129,36 @@ class Gatherer:
 
 
 def build_shard(gatherer: Gatherer, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                pack_offsets: np.ndarray, pack_tokens: np.ndarray) -> tuple[pa.Table, int]:
-    """The table of a run of packs and its number of label tokens.
+                pack_offsets: np.ndarray, pack_tokens: np.ndarray, *,
+                provenance: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[pa.Table, LabelCounts]:
+    """The table of a run of packs and its :class:`LabelCounts` (label tokens, and the sequences left with no
+    trained token and their tokens).
 
     Args:
         gatherer: reads the input.
         rows, starts, lengths: (m,) each sequence's global input row, first token and length, pack by pack.
         pack_offsets: int64 (packs + 1,), pack ``p`` holds sequences ``pack_offsets[p]:pack_offsets[p + 1]``.
         pack_tokens: int64 (packs,), tokens per pack.
+        provenance: ``(seq_index, seq_start)``, (m,) each, written instead of ``rows`` and ``starts`` (a repacked
+            folder points at its original input's rows); None: ``rows`` and ``starts`` themselves.
     """
     ids, labels, lens, dst = gatherer.gather(rows, starts, lengths)
     labels[dst] = fmt.IGNORE_INDEX  # no sequence is trained to predict the first token of the next one
     token_offsets = np.zeros(pack_tokens.shape[0] + 1, dtype=np.int64)
     np.cumsum(pack_tokens, out=token_offsets[1:])
+    seq_index, seq_start = (rows, starts) if provenance is None else provenance
     table = shard_table(
         input_ids=ids,
         labels=labels,
         token_offsets=token_offsets,
         seq_lengths=lens.astype(np.int32),
         seq_offsets=pack_offsets - pack_offsets[0],
-        seq_index=rows,
-        seq_start=starts,
+        seq_index=seq_index,
+        seq_start=seq_start,
     )
-    return table, int(np.count_nonzero(labels != fmt.IGNORE_INDEX))
+    trained = labels != fmt.IGNORE_INDEX
+    # per sequence: a sequence with no trained token costs compute and teaches nothing (a prompt cut before its
+    # answer, a row of -100s, a one-token row whose only label the boundary mask took)
+    # max over int8 views: 0.8 ms per 20M-token shard, where an int64 sum took 49 ms
+    none = (np.maximum.reduceat(trained.view(np.int8), dst) == 0) if dst.shape[0] else np.zeros(0, bool)
+    return table, LabelCounts(int(np.count_nonzero(trained)), int(np.count_nonzero(none)), int(lens[none].sum()))

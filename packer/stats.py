@@ -6,7 +6,8 @@ import numpy as np
 from packer.plan import PackPlan, Segments
 
 
-def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, label_tokens: int | None = None) -> dict:
+def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, label_tokens: int | None = None,
+                  untrainable: tuple[int, int] | None = None) -> dict:
     """Statistics of a plan (JSON-ready: ints, floats and strings only).
 
     ``efficiency = tokens / (packs * capacity)``; ``padding_overhead = 1 - efficiency`` (the share of pack slots
@@ -14,6 +15,13 @@ def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, la
 
     ``packs_all_short`` measures mixing: the share of packs whose sequences are all shorter than the median
     input length. Length-sorted strategies (bfd, ffd) leave many such packs at the end; mixed ones almost none.
+
+    ``untrainable`` is ``(sequences, tokens)`` of the packed sequences left with no trained token (every label
+    ``-100`` once each sequence's first label is masked), stored as ``sequences_untrainable`` and
+    ``tokens_untrainable``. ``data_loss_*`` count dropped and truncated rows and tokens. ``loss_tokens`` is the
+    share of the input's tokens not trained on: dropped, cut off, or in an untrainable sequence;
+    ``loss_sequences`` the share of sequences lost: dropped, or untrainable (a truncated sequence that still
+    trains loses only tokens). These are the shares ``--max-loss`` limits.
     """
     n_packs = plan.n_packs
     per_pack = np.diff(plan.pack_offsets)
@@ -55,6 +63,13 @@ def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, la
     }
     if label_tokens is not None:
         stats["label_tokens"] = int(label_tokens)
+    if untrainable is not None:
+        seqs, toks = (int(x) for x in untrainable)
+        stats["sequences_untrainable"] = seqs
+        stats["tokens_untrainable"] = toks
+        lost = segments.dropped_rows + seqs
+        stats["loss_sequences"] = lost / segments.n_rows if segments.n_rows else 0.0
+        stats["loss_tokens"] = (lost_tokens + toks) / segments.tokens_in if segments.tokens_in else 0.0
     return stats
 
 
@@ -77,6 +92,10 @@ def format_stats(stats: dict, timings: dict | None = None) -> str:
     ]
     if "label_tokens" in s:
         lines.append(f"label tokens        {s['label_tokens']:>14,}   (tokens the loss is computed on)")
+    if "sequences_untrainable" in s:
+        lines.append(f"untrainable         {s['sequences_untrainable']:>14,} sequences with no trained token "
+                     f"({s['tokens_untrainable']:,} tokens); not trained on in all: {s['loss_tokens']:.3%} of "
+                     "tokens")
     if timings:
         parts = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
         lines.append(f"time                {parts}")

@@ -134,3 +134,13 @@ def test_gather_matches_reference(spans, seed):
 def test_first_not_label_matches_reference(labels):
     arr = np.asarray(labels, dtype=np.int32)
     assert kernels.first_not_label(arr, -100) == ref.first_not_label(labels, -100)
+
+
+def test_gather_range_keeps_the_values_dtype():
+    """A uint64 id of 2**63 or more is reported as itself, not wrapped to a negative int64 (which a range check
+    of lo < 0 or hi > INT32_MAX would then miss when a smaller id comes first)."""
+    values = np.array([5, 2**64 - 3], dtype=np.uint64)
+    out = np.zeros(2, dtype=np.int32)
+    lo, hi = kernels.gather(values, np.array([0], dtype=np.int64), np.array([2], dtype=np.int64),
+                            np.array([0], dtype=np.int64), out)
+    assert (int(lo), int(hi)) == (5, 2**64 - 3)

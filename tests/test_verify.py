@@ -199,8 +199,8 @@ def test_pack_verify_flag_catches_a_converter_bug(tmp_path, monkeypatch):
     src = write_stream(rows_table([5, 9, 3, 7, 2], labels=True), tmp_path / "in.arrow")
     real = jobs.build_shard
 
-    def buggy(*args):
-        table, n = real(*args)
+    def buggy(*args, **kwargs):
+        table, n = real(*args, **kwargs)
         rows = table.to_pylist()
         rows[0]["input_ids"][-1] += 1  # a converter that corrupts one token
         return pa.Table.from_pylist(rows, schema=fmt.SCHEMA), n

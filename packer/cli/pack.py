@@ -8,6 +8,12 @@ examples:
   packer pack big/ --output packed/ --plan grouped --group-size 16
   packer pack s3://bucket/tokenized/ --output s3://bucket/packed/ --engine ray --ray-address auto
   packer pack data_samples/reference_like --output packed/ --verify
+  packer pack my_datasetdict/ --split train --output packed/ --max-loss 0.01
+  packer pack packed/ --output packed-8k/ --max-length 8192 --overflow split
+
+Input (see docs/input.md): token ids, one list per row. A 'labels' (or 'loss_mask') column in every file is used
+unless --no-labels; a packed folder given alone is repacked from its sequences. Columns that only some files have,
+several datasets in one folder, padded rows (an attention_mask with zeros) and text are refused with what to do.
 """
 from __future__ import annotations
 
@@ -15,11 +21,12 @@ import argparse
 import sys
 
 from packer import format as fmt
-from packer.convert import PackConfig, pack_dataset
+from packer.convert import LOSS_WARNING, PackConfig, pack_dataset
 from packer.engines import DEFAULT_ENGINE, ENGINES
 from packer.jobs import DEFAULT_PLAN, PLANS
 from packer.plan import DEFAULT_OVERFLOW, DEFAULT_FILLER, DEFAULT_STRATEGY, OVERFLOW_POLICIES, STRATEGIES
-from packer.reader import Columns
+from packer.errors import PackerError
+from packer.reader import Columns, ConfigError
 from packer.stats import format_stats
 
 NAME = "pack"
@@ -55,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="0/1 column, same lengths as the tokens, 1 = trained on")
     labels.add_argument("--no-labels", action="store_true",
                         help="ignore any labels column: every token is trained on")
+    p.add_argument("--split", default=None, metavar="NAME",
+                   help="pack split NAME of a DatasetDict folder, or of a folder holding several datasets "
+                   "(train/, test/...), which are refused without it")
+    p.add_argument("--max-loss", type=float, default=None, metavar="FRACTION",
+                   help="fail, writing nothing, if more than this share of the input's tokens or sequences is lost "
+                   "(dropped, truncated, or left with no trained token); default: warn above "
+                   f"{LOSS_WARNING:.0%}".replace("%", "%%"))
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     scale = p.add_argument_group("scale (see docs/scale.md)")
     scale.add_argument("--workers", type=int, default=1,
@@ -72,33 +86,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "does; on a defect, no output is left")
 
 
-def _columns(args, inputs) -> Columns:
+FLAGS = {
+    "capacity": "--max-length", "strategy": "--strategy", "seed": "--seed", "filler": "--filler",
+    "overflow": "--overflow", "shard_size": "--shard-size", "plan": "--plan", "group_size": "--group-size",
+    "max_loss": "--max-loss", "input_ids": "--input-column", "labels": "--labels-column",
+    "loss_mask": "--loss-mask-column", "split": "--split",
+}
+"""The flag of each parameter of PackConfig, Columns and pack_dataset, for messages."""
+
+
+def _columns(args) -> Columns:
     if args.loss_mask_column:
         return Columns(args.input_column, loss_mask=args.loss_mask_column)
     if args.labels_column:
         return Columns(args.input_column, labels=args.labels_column)
     if args.no_labels:
-        return Columns(args.input_column)
-    from packer.reader import has_column
-
-    return Columns(args.input_column, labels="labels" if has_column(inputs, "labels") else None)
+        return Columns(args.input_column, labels=None)
+    return Columns(args.input_column)  # detect over all input files, as pack_dataset does
 
 
 def run(args: argparse.Namespace) -> int:
-    config = PackConfig(
-        capacity=args.max_length,
-        strategy=args.strategy,
-        seed=args.seed,
-        filler=args.filler,
-        overflow=args.overflow,
-        shard_size=args.shard_size,
-        columns=_columns(args, args.inputs),
-        plan=args.plan,
-        group_size=args.group_size,
-    )
-    manifest = pack_dataset(args.inputs, args.output, config=config, overwrite=args.overwrite,
-                            progress=not args.quiet and sys.stderr.isatty(), verify=args.verify,
-                            workers=args.workers, engine=args.engine, ray_address=args.ray_address)
+    try:
+        config = PackConfig(
+            capacity=args.max_length,
+            strategy=args.strategy,
+            seed=args.seed,
+            filler=args.filler,
+            overflow=args.overflow,
+            shard_size=args.shard_size,
+            columns=_columns(args),
+            plan=args.plan,
+            group_size=args.group_size,
+            max_loss=args.max_loss,
+        )
+        manifest = pack_dataset(args.inputs, args.output, config=config, overwrite=args.overwrite,
+                                progress=not args.quiet and sys.stderr.isatty(), verify=args.verify,
+                                workers=args.workers, engine=args.engine, ray_address=args.ray_address,
+                                split=args.split)
+    except ConfigError as e:  # name the flag the user typed, not the Python parameter
+        flag = FLAGS.get(e.param)
+        if flag is None:
+            raise
+        raise PackerError(e.message_for(f"{flag} {e.value}")) from None
     print(f"wrote {args.output}: {len(manifest[fmt.MANIFEST_SHARDS])} shard(s)")
     print(format_stats(manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]["seconds"]))
     return 0
