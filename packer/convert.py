@@ -43,15 +43,12 @@ from packer.reader import (
     text_input_hint,
 )
 from packer.shards import INT32_MAX, LabelCounts
-from packer.stats import compute_stats
+from packer.stats import LOSS_WARNING, compute_stats
 from packer.verify import verify_packed
 from packer.writer import PackedWriter
 
 log = logging.getLogger(__name__)
 
-LOSS_WARNING = 0.01
-"""A run that loses more than this share of its input's tokens or sequences (dropped, truncated, or left with no
-trained token) says so on stderr, with the option that keeps them (``--max-loss`` makes it an error)."""
 
 
 @dataclass(frozen=True)

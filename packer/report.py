@@ -71,7 +71,7 @@ from packer.plan import (
     plan_packs,
 )
 from packer.schedule import epoch_schedule, exact_epochs, run_counts, total_steps
-from packer.stats import compute_stats
+from packer.stats import LOSS_WARNING, compute_stats
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +93,16 @@ COST_MODELS = {
 ASPECT_RATIO = 128
 """hidden_size / num_layers assumed when only a parameter count is given (Llama 7B/13B, GPT-3 175B: 128)."""
 
-DATA_LOSS_WARNING = 0.02
-"""Share of the rows, tokens or packs lost above which the report warns (and does not recommend packing)."""
+DATA_LOSS_WARNING = LOSS_WARNING
+"""Share of the rows, tokens or packs lost above which the report warns (and does not recommend packing): the same
+threshold as ``packer pack``'s warning."""
 MIN_STEPS_PER_EPOCH = 10
 """Fewer optimizer steps per epoch than this is too few for a learning-rate schedule (warmup, decay)."""
 TRAINING_ARGUMENTS_STEP_FIELDS = ("eval_steps", "save_steps", "logging_steps", "warmup_steps", "max_steps")
 """Step settings that are Hugging Face ``TrainingArguments`` fields; other names go in a block of their own."""
 WARNING_CODES = ("under_one_step_per_epoch", "few_steps_per_epoch", "data_loss", "packs_left_out", "different_data",
                  "step_setting_floored")
-OPTIONAL_STATS = (("sequences_untrainable", "left with no trained token"),
-                  ("sequences_without_trained_tokens", "left with no trained token"),
-                  ("pad_tokens_stripped", "pad tokens stripped"))
+OPTIONAL_STATS = (("sequences_untrainable", "left with no trained token"),)
 """Statistics a manifest may hold (newer packers); shown in the notes when present."""
 
 _STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -169,7 +168,7 @@ class TrainingSetup:
         loss = self.loss_warning
         if isinstance(loss, bool) or not isinstance(loss, (int, float, np.integer, np.floating)) \
                 or not 0 <= loss < 1:
-            raise PackerError(f"--loss-warning must be a fraction in [0, 1), got {loss!r}; e.g. --loss-warning 0.02")
+            raise PackerError(f"--loss-warning must be a fraction in [0, 1), got {loss!r}; e.g. --loss-warning 0.01")
         epochs = self.epochs
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(epochs) or epochs <= 0:

@@ -5,6 +5,11 @@ import numpy as np
 
 from packer.plan import PackPlan, Segments
 
+LOSS_WARNING = 0.01
+"""A share of the input's tokens or sequences lost (dropped, truncated, or left with no trained token) above which
+``packer pack`` warns on stderr with the option that keeps them (``--max-loss`` makes it an error), and ``packer
+report`` warns and does not recommend packing (its ``--loss-warning`` default)."""
+
 
 def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, label_tokens: int | None = None,
                   untrainable: tuple[int, int] | None = None) -> dict:
