@@ -29,11 +29,13 @@ from packer.plan import (
     DEFAULT_FILLER,
     PackPlan,
     Segments,
+    check_pad_to_multiple_of,
+    padded_lengths,
 )
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
 from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, UriWriter, iter_jobs, make_plan
 from packer.reader import Columns, TokenizedInput, filesystem, is_uri, scan_inputs
-from packer.stats import compute_stats
+from packer.stats import alignment_stats, compute_stats
 from packer.writer import PackedWriter, shard_table
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,10 @@ class PackConfig:
         columns: which input columns to read.
         plan: a key of :data:`packer.jobs.PLANS`: one global plan, or groups of input files planned apart.
         group_size: input files per group for ``plan="grouped"``.
+        pad_to_multiple_of: ``--pad-to-multiple-of N``: every sequence is planned at its length rounded up to a
+            multiple of N and the shards get :data:`packer.format.CU_SEQLENS_PADDED` (see
+            ``docs/context_parallel.md``); the capacity must be a multiple of N. None (default): no alignment, and
+            the manifest's ``config`` has no such key.
     """
 
     capacity: int = fmt.DEFAULT_CAPACITY
@@ -66,6 +72,7 @@ class PackConfig:
     columns: Columns = field(default_factory=Columns)
     plan: str = DEFAULT_PLAN
     group_size: int = 1
+    pad_to_multiple_of: int | None = None
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -76,10 +83,13 @@ class PackConfig:
             raise PackerError(f"shard size must be a positive number of packs, got {self.shard_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise PackerError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_pad_to_multiple_of(self.pad_to_multiple_of, self.capacity)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["columns"] = asdict(self.columns)
+        if d[fmt.CONFIG_PAD_TO_MULTIPLE_OF] is None:  # written only when set: unaligned manifests keep their bytes
+            del d[fmt.CONFIG_PAD_TO_MULTIPLE_OF]
         return d
 
 
@@ -193,8 +203,9 @@ class _Gatherer:
         raise AssertionError("gather reported an out-of-range value that the rescan did not find")
 
 
-def build_shard(gatherer: _Gatherer, plan: PackPlan, p0: int, p1: int):
-    """The table of packs ``p0:p1`` and its number of label tokens."""
+def build_shard(gatherer: _Gatherer, plan: PackPlan, p0: int, p1: int, *, pad_to_multiple_of: int | None = None):
+    """The table of packs ``p0:p1`` and its number of label tokens (with :data:`packer.format.CU_SEQLENS_PADDED`
+    when ``pad_to_multiple_of`` is given)."""
     m0, m1 = int(plan.pack_offsets[p0]), int(plan.pack_offsets[p1])
     seg = plan.members[m0:m1]
     ids, labels, lens, dst = gatherer.gather(seg)
@@ -210,6 +221,7 @@ def build_shard(gatherer: _Gatherer, plan: PackPlan, p0: int, p1: int):
         seq_offsets=seq_offsets,
         seq_index=gatherer.segments.row[seg],
         seq_start=gatherer.segments.start[seg],
+        seq_lengths_padded=None if pad_to_multiple_of is None else padded_lengths(lens, pad_to_multiple_of),
     )
     return table, int(np.count_nonzero(labels != fmt.IGNORE_INDEX))
 
@@ -372,12 +384,15 @@ def pack_dataset(
                 phase["write"] += r.write_s
                 bar.update(r.tokens)
 
-            jobs = iter_jobs(catalog, segments, plan, shard_size=config.shard_size, dest=str(writer.tmp))
+            jobs = iter_jobs(catalog, segments, plan, shard_size=config.shard_size, dest=str(writer.tmp),
+                             pad_to_multiple_of=config.pad_to_multiple_of)
             slots = run_jobs(jobs, on_result, engine=engine, workers=workers, ray_address=ray_address)
             timings["write"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t_start
             stats = compute_stats(catalog.lengths, segments, plan, label_tokens=label_tokens)
             stats.update(plan_info)
+            if config.pad_to_multiple_of is not None:
+                stats.update(alignment_stats(segments, plan, config.pad_to_multiple_of))
             out_bytes = sum(s.bytes for s in writer.shards)
             manifest = {
                 fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,

@@ -48,6 +48,7 @@ class ShardJob:
         pack_offsets: int64 (packs + 1,), pack ``p`` holds sequences ``pack_offsets[p]:pack_offsets[p + 1]``.
         pack_tokens: int64 (packs,), tokens per pack.
         n_rows: rows in the whole input.
+        pad_to_multiple_of: ``config.pad_to_multiple_of``: write :data:`packer.format.CU_SEQLENS_PADDED` (None: no).
     """
 
     index: int
@@ -62,6 +63,7 @@ class ShardJob:
     pack_offsets: np.ndarray
     pack_tokens: np.ndarray
     n_rows: int
+    pad_to_multiple_of: int | None = None
 
     @property
     def tokens(self) -> int:
@@ -82,7 +84,8 @@ class ShardResult:
 
 def make_plan(lengths: np.ndarray, *, config, file_rows: np.ndarray) -> tuple[Segments, PackPlan, dict]:
     """Segments and plan for ``config.plan``; the dict describes the plan for the manifest's statistics."""
-    kw = dict(capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler)
+    kw = dict(capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler,
+              pad_to_multiple_of=getattr(config, "pad_to_multiple_of", None))
     if config.plan == "global":
         segments = make_segments(lengths, capacity=config.capacity, overflow=config.overflow)
         return segments, plan_packs(segments.length, **kw), {"plan": "global", "groups": 1}
@@ -117,13 +120,16 @@ def make_plan(lengths: np.ndarray, *, config, file_rows: np.ndarray) -> tuple[Se
         strategy=config.strategy,
         seed=config.seed,
         filler=config.filler,
+        pack_tokens_padded=None if plans[0].pack_tokens_padded is None else np.concatenate(
+            [p.pack_tokens_padded for p in plans]).astype(np.int64, copy=False),
     )
     info = {"plan": "grouped", "group_size": config.group_size, "groups": len(plans),
             "group_packs_over_lower_bound": int(over)}
     return segments, plan, info
 
 
-def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, shard_size: int, dest: str):
+def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, shard_size: int, dest: str,
+              pad_to_multiple_of: int | None = None):
     """The shard jobs of a plan, in shard order (a generator: jobs are built as the engine asks for them)."""
     n_shards = -(-plan.n_packs // shard_size)
     starts = catalog.batches[:, 2]
@@ -147,6 +153,7 @@ def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, sh
             pack_offsets=plan.pack_offsets[p0 : p1 + 1] - m0,
             pack_tokens=plan.pack_tokens[p0:p1],
             n_rows=catalog.n_rows,
+            pad_to_multiple_of=pad_to_multiple_of,
         )
 
 
@@ -165,7 +172,9 @@ def build_job_table(job: ShardJob, *, buffers=None) -> tuple[pa.Table, int]:
     segments = SimpleNamespace(row=job.row, start=job.start, length=job.length)
     plan = SimpleNamespace(members=np.arange(m, dtype=np.int64), pack_offsets=job.pack_offsets,
                            pack_tokens=job.pack_tokens)
-    return build_shard(_Gatherer(inp, segments, buffers=buffers), plan, 0, job.pack_tokens.shape[0])
+    # the keyword only when aligned: build_shard(gatherer, plan, p0, p1) stays the call of an unaligned folder
+    aligned = {} if job.pad_to_multiple_of is None else {"pad_to_multiple_of": job.pad_to_multiple_of}
+    return build_shard(_Gatherer(inp, segments, buffers=buffers), plan, 0, job.pack_tokens.shape[0], **aligned)
 
 
 def run_shard_job(job: ShardJob) -> ShardResult:
@@ -195,7 +204,7 @@ def write_shard_uri(uri: str, table: pa.Table) -> ShardInfo:
     try:
         with fs.open_output_stream(inner) as out:
             sink = HashingSink(out)
-            with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
+            with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as w:
                 w.write_table(table)
     except (OSError, pa.ArrowException) as e:
         raise PackerError(f"{uri}: write failed ({e}); check the URI and its permissions") from None
@@ -251,7 +260,9 @@ class UriWriter:
         manifest = dict(manifest)
         manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
         fingerprint = manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer")
-        for name, obj in ((fmt.HF_INFO_FILE, hf_info()), (fmt.HF_STATE_FILE, hf_state(self.shards, fingerprint)),
+        aligned = fmt.pad_to_multiple_of(manifest) is not None
+        for name, obj in ((fmt.HF_INFO_FILE, hf_info(aligned=aligned)),
+                          (fmt.HF_STATE_FILE, hf_state(self.shards, fingerprint)),
                           (fmt.MANIFEST_FILE, manifest)):
             with self.fs.open_output_stream(f"{self.inner}/{name}") as out:
                 out.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

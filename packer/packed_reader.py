@@ -201,6 +201,7 @@ class PackedReader:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_shards"] = [None] * len(self.shard_paths)
+        state.pop("_padded", None)  # views of the memory maps, rebuilt on first use
         return state
 
     def __len__(self) -> int:
@@ -277,6 +278,54 @@ class PackedReader:
         all packs; what differs is attention, quadratic in each sequence's length. Read from ``cu_seqlens`` only.
         """
         return self._per_shard(_squared_lengths)
+
+    @property
+    def pad_to_multiple_of(self) -> int | None:
+        """N of a folder packed with ``--pad-to-multiple-of N`` (``config.pad_to_multiple_of``), else None."""
+        return fmt.pad_to_multiple_of(self.manifest)
+
+    def cu_seqlens_padded(self, index: int) -> np.ndarray | None:
+        """:data:`packer.format.CU_SEQLENS_PADDED` of pack ``index``: int32 (sequences + 1,), a read-only view; None
+        for a folder packed without ``--pad-to-multiple-of``.
+
+        Raises:
+            IndexError: index out of range.
+            PackerError: the manifest records N but a shard lacks the column, or the pack's padded boundaries do
+                not fit its ``cu_seqlens`` (not as many entries, not starting at 0, a span shorter than its
+                sequence or not a multiple of N, more than the capacity); the message names shard and row.
+        """
+        multiple = self.pad_to_multiple_of
+        if multiple is None:
+            return None
+        _, _, cu = self.pack(index)  # bounds and the pack's own consistency
+        n = len(self)
+        index = index + n if index < 0 else index
+        s, row = self.locate(index)
+        padded = self.__dict__.setdefault("_padded", {})
+        columns = padded.get(s)
+        if columns is None:
+            shard = self._shard(s)
+            if fmt.CU_SEQLENS_PADDED not in shard.table.schema.names:
+                raise PackerError(f"{shard.path}: no column {fmt.CU_SEQLENS_PADDED!r}, but {fmt.MANIFEST_FILE} records "
+                                  f"{fmt.CONFIG_PAD_TO_MULTIPLE_OF} {multiple}; the folder is damaged, re-run "
+                                  "'packer pack'")
+            columns = padded[s] = [_list_column(shard.path, b, fmt.CU_SEQLENS_PADDED)
+                                   for b in shard.table.to_batches() if b.num_rows]
+        shard = self._shards[s]
+        k = 0 if len(columns) == 1 else int(np.searchsorted(shard.batch_starts, row, side="right")) - 1
+        row -= int(shard.batch_starts[k])
+        col = columns[k]
+        out = col.values[col.offsets[row] : col.offsets[row + 1]]
+        real = np.diff(cu.astype(np.int64))
+        span = np.diff(out.astype(np.int64))
+        if (out.shape[0] != cu.shape[0] or out[0] != 0 or np.any(span < real) or np.any(span % multiple)
+                or out[-1] > self.capacity):
+            raise PackerError(
+                f"{shard.path}: row {row + int(shard.batch_starts[k])} has {fmt.CU_SEQLENS_PADDED} that do not fit its "
+                f"{fmt.CU_SEQLENS} with {fmt.CONFIG_PAD_TO_MULTIPLE_OF} {multiple} and capacity {self.capacity:,}; "
+                "the shard is damaged, re-run 'packer pack'"
+            )
+        return out
 
 
 def _squared_lengths(b: _Batch) -> np.ndarray:

@@ -8,6 +8,7 @@ examples:
   packer pack big/ --output packed/ --plan grouped --group-size 16
   packer pack s3://bucket/tokenized/ --output s3://bucket/packed/ --engine ray --ray-address auto
   packer pack data_samples/reference_like --output packed/ --verify
+  packer pack data_samples/reference_like --output packed/ --pad-to-multiple-of 16
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="0/1 column, same lengths as the tokens, 1 = trained on")
     labels.add_argument("--no-labels", action="store_true",
                         help="ignore any labels column: every token is trained on")
+    p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
+                   help="pad every sequence to a multiple of N tokens (planned at that length) and record the "
+                   "padded boundaries as cu_seqlens_padded, for context parallelism (N a multiple of 2 x CP size) "
+                   "and FP8/tensor-core alignment; --max-length must be a multiple of N; see "
+                   "docs/context_parallel.md (default: no padding)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     scale = p.add_argument_group("scale (see docs/scale.md)")
     scale.add_argument("--workers", type=int, default=1,
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         columns=_columns(args, args.inputs),
         plan=args.plan,
         group_size=args.group_size,
+        pad_to_multiple_of=args.pad_to_multiple_of,
     )
     manifest = pack_dataset(args.inputs, args.output, config=config, overwrite=args.overwrite,
                             progress=not args.quiet and sys.stderr.isatty(), verify=args.verify,

@@ -9,25 +9,37 @@ is the real torch.
   distributed sampling.
 * :class:`PackedBatch` (``_transport.py``): the dict type of items and batches; DataLoader workers ship it through
   reusable shared-memory slots.
+* :class:`ContextParallelCollator` (``context_parallel.py``): folders packed with ``--pad-to-multiple-of``: each
+  context-parallel rank's load-balanced slice with the boundaries of Megatron's ``PackedSeqParams``.
 * :func:`block_causal_mask`, :func:`flex_block_mask`, :func:`varlen_attention` (``attention.py``).
 """
 from packer.torch.attention import block_causal_mask, flex_block_mask, segment_ids, varlen_attention
 from packer.torch.collate import FLASH_ATTN_KEYS, HF_KEYS, PackedCollator, collate_packed
+from packer.torch.context_parallel import (
+    PACKED_SEQ_PARAMS_KEYS,
+    ContextParallelCollator,
+    cp_partition_indices,
+    seq_idx_from_cu,
+)
 from packer.torch.dataset import PackedDataset
 from packer.torch.sampler import Imbalance, PackSampler
 from packer.torch._transport import PackedBatch
 
 __all__ = [
+    "ContextParallelCollator",
     "FLASH_ATTN_KEYS",
     "HF_KEYS",
     "Imbalance",
+    "PACKED_SEQ_PARAMS_KEYS",
     "PackSampler",
     "PackedBatch",
     "PackedCollator",
     "PackedDataset",
     "block_causal_mask",
+    "cp_partition_indices",
     "collate_packed",
     "flex_block_mask",
     "segment_ids",
+    "seq_idx_from_cu",
     "varlen_attention",
 ]
