@@ -404,3 +404,17 @@ def test_cp_errors(tmp_path, aligned):
         ContextParallelCollator.for_dataset(PackedDataset(plain), cp_size=2, cp_rank=0)
     with pytest.raises(PackerError, match="--pad-to-multiple-of"):
         ContextParallelCollator(cp_size=2, cp_rank=0)([PackedDataset(plain)[0]])
+
+
+def test_batches_cross_dataloader_workers(aligned):
+    """Aligned items and CP batches ship through a worker's shared-memory transport unchanged."""
+    from torch.utils.data import DataLoader
+
+    ds = PackedDataset(aligned)
+    for collate in (PackedCollator(seq_idx=True), ContextParallelCollator.for_dataset(ds, cp_size=2, cp_rank=1)):
+        want = [collate([ds[i], ds[i + 1]]) for i in (0, 2)]
+        got = list(DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate))[:2]
+        for a, b in zip(want, got):
+            assert set(a) == set(b)
+            for k in a:
+                assert torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k], k
