@@ -418,3 +418,20 @@ def test_batches_cross_dataloader_workers(aligned):
             assert set(a) == set(b)
             for k in a:
                 assert torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k], k
+
+
+@pytest.mark.parametrize("bad", ["8", 0, 7, None])
+def test_reader_refuses_a_bad_multiple_in_the_manifest(tmp_path, bad):
+    from packer.format import seal_manifest
+
+    _, out, _ = pack(tmp_path)
+    path = out / fmt.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest[fmt.MANIFEST_CONFIG][fmt.CONFIG_PAD_TO_MULTIPLE_OF] = bad
+    path.write_text(json.dumps(seal_manifest(manifest)))
+    assert verify_packed(out).failed() == ["alignment"]
+    if bad is None:  # read as unaligned: the shards' extra column is what verify reports
+        assert "has a cu_seqlens_padded column" in verify_packed(out).format()
+        return
+    with pytest.raises(PackerError, match="pad_to_multiple_of"):
+        PackedDataset(out)
