@@ -291,7 +291,10 @@ def test_ranks_put_back_together_give_the_padded_pack(aligned, cp_size):
             assert torch.equal(b["cu_seqlens_q"], b["cu_seqlens_kv"])
             assert torch.equal(b["cu_seqlens_q"], torch.cat([torch.zeros(1, dtype=torch.int32), torch.cumsum(
                 torch.cat([torch.diff(it["cu_seqlens_unpadded"]) for it in items]), 0).int()]))
-            assert b["max_seqlen_q"] == max(int(torch.diff(it["cu_seqlens_padded"]).max()) for it in items)
+            assert torch.equal(b["cu_seqlens_q_padded"], torch.cat([torch.zeros(1, dtype=torch.int32), torch.cumsum(
+                torch.cat([torch.diff(it["cu_seqlens_padded"]) for it in items]), 0).int()]))
+            assert torch.equal(b["cu_seqlens_kv_padded"], b["cu_seqlens_q_padded"])
+            assert b["max_seqlen_q"] == b["max_seqlen_kv"] == max(int(torch.diff(it["cu_seqlens_padded"]).max()) for it in items)
             assert set(PACKED_SEQ_PARAMS_KEYS) <= set(b)
         assert sum(int((b["shift_labels"] != IGNORE).sum()) for b in ranks) == ranks[0]["num_label_tokens"] \
             == sum(it["num_label_tokens"] for it in items)
