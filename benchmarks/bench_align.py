@@ -11,7 +11,9 @@ share of the slots, and the median time of 5 warm ``plan_packs`` calls (the only
 Part 2 packs a ``--convert-rows`` reference-like table end to end (``pack_dataset``: scan, plan, gather, write; one
 worker) with each multiple and prints the median of 5 runs (after a warm-up run) of the wall time and of the plan and
 gather-and-build phases (from the manifest's ``run``), to show what planning padded lengths and building
-``cu_seqlens_padded`` cost; the total includes writing and fsyncing the shards, which varies most on a busy disk.
+``cu_seqlens_padded`` cost; the total includes writing and fsyncing the shards, which varies most on a busy disk. It also times reading
+every pack as a ``PackedDataset`` item, best of 7 passes (an aligned folder's items are laid out in their padded
+spans).
 """
 from __future__ import annotations
 
@@ -80,10 +82,29 @@ def convert_table(rows: int, capacity: int) -> None:
                     plans.append(m["run"]["seconds"]["plan"])
                     gathers.append(m["run"]["job_seconds"]["gather"])
             s = m["stats"]
+            item_us = item_time(Path(d) / "out") * 1e6
             print(f"  N {'-' if n is None else n:>3}: total {statistics.median(times):.3f} s (plan "
                   f"{statistics.median(plans) * 1e3:.1f} ms, gather and build the shards "
                   f"{statistics.median(gathers) * 1e3:.0f} ms), {s['packs']:,} packs, efficiency "
-                  f"{s['packing_efficiency']:.3%}, output {m['run']['output_bytes'] / 1e6:,.1f} MB")
+                  f"{s['packing_efficiency']:.3%}, output {m['run']['output_bytes'] / 1e6:,.1f} MB; PackedDataset item "
+                  f"{item_us:.0f} us")
+
+
+def item_time(folder: Path) -> float:
+    """Mean time of ``PackedDataset(folder)[i]`` over all packs, best of 7 passes (warm page cache; the best
+    pass is the least disturbed by other jobs on a shared machine)."""
+    from packer.torch import PackedDataset
+
+    ds = PackedDataset(folder)
+    for i in range(len(ds)):
+        ds[i]
+    best = float("inf")
+    for _ in range(7):
+        t = time.perf_counter()
+        for i in range(len(ds)):
+            ds[i]
+        best = min(best, time.perf_counter() - t)
+    return best / len(ds)
 
 
 def main() -> int:

@@ -181,6 +181,41 @@ def test_verify_catches_a_missing_column(tmp_path):
 # ------------------------------------------------------------------------------------------------- items
 
 
+def numpy_aligned_layout(ids, labels, cu, cu_pad, length, pad_id):
+    """The slow reference of kernels.fill_aligned_pack: scatter each sequence to its padded span."""
+    lens, spans = np.diff(cu), np.diff(cu_pad)
+    out = np.empty((3, length), dtype=np.int64)
+    out[0], out[1] = pad_id, IGNORE
+    dst = np.arange(ids.shape[0]) + np.repeat(cu_pad[:-1] - cu[:-1], lens)
+    out[0, dst], out[1, dst] = ids, labels
+    total = cu_pad[-1]
+    out[2, :total] = np.arange(total) - np.repeat(cu_pad[:-1], spans)
+    out[2, total:] = np.arange(length - total)
+    return out
+
+
+def test_aligned_kernel_matches_the_numpy_reference():
+    from packer import kernels
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        k = int(rng.integers(1, 12))
+        lens = rng.integers(1, 40, k)
+        spans = lens + rng.integers(0, 9, k)
+        cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        cu_pad = np.concatenate([[0], np.cumsum(spans)]).astype(np.int32)
+        ids = rng.integers(1, 1000, cu[-1]).astype(np.int32)
+        labels = np.where(rng.random(cu[-1]) < 0.3, IGNORE, ids).astype(np.int32)
+        labels[cu[:-1]] = IGNORE
+        length = int(cu_pad[-1] + rng.integers(0, 20))
+        rows = np.full((3, length), 7, dtype=np.int64)
+        count, bad = kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE)
+        assert (rows == numpy_aligned_layout(ids, labels, cu, cu_pad, length, 0)).all()
+        assert count == int((labels != IGNORE).sum()) and bad == -1
+        labels[cu[k - 1]] = 5
+        assert kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE)[1] == k - 1
+
+
 def expected_layout(item, offsets):
     """Check an aligned item against the input sequences (``offsets``: its row's ``seq_offset``, where each
     sequence starts in its input row); return [(sequence id, real length)]."""
