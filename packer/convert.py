@@ -43,7 +43,7 @@ from packer.reader import (
     text_input_hint,
 )
 from packer.shards import INT32_MAX, LabelCounts
-from packer.stats import LOSS_WARNING, compute_stats
+from packer.stats import LOSS_WARNING, alignment_stats, compute_stats
 from packer.verify import verify_packed
 from packer.writer import PackedWriter
 
@@ -68,6 +68,10 @@ class PackConfig:
         max_loss: the largest share of the input's tokens or sequences the run may lose (dropped, truncated, or
             left with no trained token) before it fails; None: any loss is allowed, and one above
             :data:`LOSS_WARNING` is logged as a warning.
+        pad_to_multiple_of: ``--pad-to-multiple-of N``: every sequence is planned at its length rounded up to a
+            multiple of N and the shards get :data:`packer.format.CU_SEQLENS_PADDED` (see
+            ``docs/context_parallel.md``); the capacity must be a multiple of N. None (default): no alignment, and
+            the manifest's ``config`` has no such key.
 
     Raises:
         ConfigError: a field out of range, naming the parameter (checked here, before any file is read).
@@ -83,6 +87,7 @@ class PackConfig:
     plan: str = DEFAULT_PLAN
     group_size: int = 1
     max_loss: float | None = None
+    pad_to_multiple_of: int | None = None
 
     def __post_init__(self):
         def bad(param, rule):
@@ -117,10 +122,19 @@ class PackConfig:
         m = self.max_loss
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float, np.floating)) or not 0 <= m <= 1):
             bad("max_loss", "must be a fraction in [0, 1] (0: lose nothing), or None")
+        n = self.pad_to_multiple_of
+        if n is not None and not whole("pad_to_multiple_of", 1):
+            bad("pad_to_multiple_of", "must be a positive whole number of tokens, or None")
+        if n is not None and self.capacity % n:
+            lower = self.capacity // n * n
+            bad("capacity", f"capacity must be a multiple of pad_to_multiple_of ({int(n)}), so that an aligned "
+                f"sequence that fits still fits: use {lower:,} or {lower + int(n):,}")
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["columns"] = asdict(self.columns)
+        if d[fmt.CONFIG_PAD_TO_MULTIPLE_OF] is None:  # written only when set: unaligned manifests keep their bytes
+            del d[fmt.CONFIG_PAD_TO_MULTIPLE_OF]
         return d
 
 
@@ -387,7 +401,8 @@ def pack_dataset(
                 phase["write"] += r.write_s
                 bar.update(r.tokens)
 
-            jobs = iter_jobs(catalog, segments, plan, shard_size=config.shard_size, dest=str(writer.tmp))
+            jobs = iter_jobs(catalog, segments, plan, shard_size=config.shard_size, dest=str(writer.tmp),
+                             pad_to_multiple_of=config.pad_to_multiple_of)
             slots = run_jobs(jobs, on_result, engine=engine, workers=workers, ray_address=ray_address)
             timings["write"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t_start
@@ -396,6 +411,8 @@ def pack_dataset(
             stats = compute_stats(catalog.lengths, segments, plan, label_tokens=label_tokens,
                                   untrainable=(untrainable, untrainable_tokens))
             stats.update(plan_info)
+            if config.pad_to_multiple_of is not None:
+                stats.update(alignment_stats(segments, plan, config.pad_to_multiple_of))
             out_bytes = sum(s.bytes for s in writer.shards)
             manifest = {
                 fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,

@@ -29,6 +29,24 @@ column             Arrow type   meaning
                                 for the later chunks of a sequence split with ``--overflow split``)
 =================  ===========  ===========================================================================
 
+One optional column, present only in folders packed with ``--pad-to-multiple-of N`` (the manifest's
+``config.pad_to_multiple_of`` records N; without the option the schema and the bytes are the ones above):
+
+=======================  ===========  =====================================================================
+column                   Arrow type   meaning
+=======================  ===========  =====================================================================
+``cu_seqlens_padded``    list<int32>  boundaries of the sequences' *padded spans*: sequence ``i``'s span has
+                                      ``ceil(n_i / N) * N`` tokens (``n_i = cu_seqlens[i+1] - cu_seqlens[i]``);
+                                      starts at 0, as many entries as ``cu_seqlens``, ends at most at
+                                      ``capacity`` (a multiple of N)
+=======================  ===========  =====================================================================
+
+The stored tokens stay back to back without padding, so ``cu_seqlens`` keeps its meaning for every reader (the
+real boundaries: TransformerEngine's and Megatron's ``cu_seqlens_q``). The padded layout is what the torch layer
+builds from the two columns: sequence ``i``'s tokens at offset ``cu_seqlens_padded[i]`` followed by its alignment
+padding (labels ``-100``), so ``cu_seqlens_padded`` are the offsets into that layout (Megatron's
+``cu_seqlens_q_padded``). See ``docs/context_parallel.md``.
+
 Token ids are stored as int32: every tokenizer's vocabulary is below 2**31, and a 20,000-token pack needs no
 int64 offsets inside it. Padding is never stored; the torch layer pads each pack to ``capacity`` when it reads.
 
@@ -91,6 +109,8 @@ LABELS = "labels"
 CU_SEQLENS = "cu_seqlens"
 SEQ_INDEX = "seq_index"
 SEQ_OFFSET = "seq_offset"
+CU_SEQLENS_PADDED = "cu_seqlens_padded"
+"""The optional column of folders packed with ``--pad-to-multiple-of`` (see the module docstring)."""
 
 TOKEN_DTYPE = "int32"
 INDEX_DTYPE = "int64"
@@ -105,6 +125,8 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+ALIGNED_SCHEMA = SCHEMA.append(pa.field(CU_SEQLENS_PADDED, pa.list_(pa.int32())))
+"""The schema of a folder packed with ``--pad-to-multiple-of``: :data:`SCHEMA` and then :data:`CU_SEQLENS_PADDED`."""
 
 # Manifest keys (top level). Anything here that changes between two identical runs (timings, dates) lives under
 # MANIFEST_RUN, which is documented as not part of the deterministic content.
@@ -123,6 +145,8 @@ MANIFEST_UNCHECKED = (MANIFEST_CHECKSUM, MANIFEST_RUN)
 # Keys inside the manifest: ``config["capacity"]`` (tokens per pack, from ``packer.convert.PackConfig``) and each
 # entry of ``shards`` (from ``packer.writer.ShardInfo``), so that readers need not re-type them.
 CONFIG_CAPACITY = "capacity"
+CONFIG_PAD_TO_MULTIPLE_OF = "pad_to_multiple_of"
+"""``config`` key recording ``--pad-to-multiple-of N``; absent from folders packed without it."""
 SHARD_FILE = "file"
 SHARD_ROWS = "rows"
 SHARD_BYTES = "bytes"
@@ -224,19 +248,34 @@ def shard_name(index: int, count: int) -> str:
     return SHARD_PATTERN.format(index=index, count=count)
 
 
-def hf_features() -> dict:
-    """The ``features`` entry of ``dataset_info.json`` for :data:`SCHEMA` (Hugging Face ``datasets`` >= 3)."""
+def hf_features(*, aligned: bool = False) -> dict:
+    """The ``features`` entry of ``dataset_info.json`` for :data:`SCHEMA` (Hugging Face ``datasets`` >= 3), or for
+    :data:`ALIGNED_SCHEMA` with ``aligned``."""
 
     def list_of(dtype: str) -> dict:
         return {"feature": {"dtype": dtype, "_type": "Value"}, "_type": "List"}
 
-    return {
+    features = {
         INPUT_IDS: list_of("int32"),
         LABELS: list_of("int32"),
         CU_SEQLENS: list_of("int32"),
         SEQ_INDEX: list_of("int64"),
         SEQ_OFFSET: list_of("int32"),
     }
+    if aligned:
+        features[CU_SEQLENS_PADDED] = list_of("int32")
+    return features
+
+
+def pad_to_multiple_of(manifest: dict) -> int | None:
+    """N of a folder packed with ``--pad-to-multiple-of N`` (its ``config.pad_to_multiple_of``), else None."""
+    config = manifest.get(MANIFEST_CONFIG)
+    return config.get(CONFIG_PAD_TO_MULTIPLE_OF) if isinstance(config, dict) else None
+
+
+def schema_for(multiple: int | None) -> pa.Schema:
+    """:data:`SCHEMA`, or :data:`ALIGNED_SCHEMA` for a folder packed with ``--pad-to-multiple-of``."""
+    return SCHEMA if multiple is None else ALIGNED_SCHEMA
 
 
 def read_manifest(folder: str | os.PathLike, *, checksum: bool = True) -> dict:

@@ -49,6 +49,7 @@ class ShardJob:
         n_rows: rows in the whole input.
         seq_index, seq_start: int64 (m,), the provenance to write for each sequence when it is not ``row`` and
             ``start`` (a packed folder repacked: the rows and offsets of its original input); else None.
+        pad_to_multiple_of: ``config.pad_to_multiple_of``: write :data:`packer.format.CU_SEQLENS_PADDED` (None: no).
     """
 
     index: int
@@ -65,6 +66,7 @@ class ShardJob:
     n_rows: int
     seq_index: np.ndarray | None = None
     seq_start: np.ndarray | None = None
+    pad_to_multiple_of: int | None = None
 
     @property
     def tokens(self) -> int:
@@ -87,7 +89,8 @@ class ShardResult:
 
 def make_plan(lengths: np.ndarray, *, config, file_rows: np.ndarray) -> tuple[Segments, PackPlan, dict]:
     """Segments and plan for ``config.plan``; the dict describes the plan for the manifest's statistics."""
-    kw = dict(capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler)
+    kw = dict(capacity=config.capacity, strategy=config.strategy, seed=config.seed, filler=config.filler,
+              pad_to_multiple_of=getattr(config, "pad_to_multiple_of", None))
     if config.plan == "global":
         segments = make_segments(lengths, capacity=config.capacity, overflow=config.overflow)
         return segments, plan_packs(segments.length, **kw), {"plan": "global", "groups": 1}
@@ -122,13 +125,16 @@ def make_plan(lengths: np.ndarray, *, config, file_rows: np.ndarray) -> tuple[Se
         strategy=config.strategy,
         seed=config.seed,
         filler=config.filler,
+        pack_tokens_padded=None if plans[0].pack_tokens_padded is None else np.concatenate(
+            [p.pack_tokens_padded for p in plans]).astype(np.int64, copy=False),
     )
     info = {"plan": "grouped", "group_size": config.group_size, "groups": len(plans),
             "group_packs_over_lower_bound": int(over)}
     return segments, plan, info
 
 
-def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, shard_size: int, dest: str):
+def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, shard_size: int, dest: str,
+              pad_to_multiple_of: int | None = None):
     """The shard jobs of a plan, in shard order (a generator: jobs are built as the engine asks for them)."""
     n_shards = -(-plan.n_packs // shard_size)
     starts = catalog.batches[:, 2]
@@ -156,6 +162,7 @@ def iter_jobs(catalog: TokenizedInput, segments: Segments, plan: PackPlan, *, sh
             pack_tokens=plan.pack_tokens[p0:p1],
             n_rows=catalog.n_rows,
             **origin,
+            pad_to_multiple_of=pad_to_multiple_of,
         )
 
 
@@ -170,7 +177,7 @@ def build_job_table(job: ShardJob, *, buffers: ShardBuffers | None = None) -> tu
                          chunks=BatchChunks(job.files, job.columns, job.chunks))
     provenance = None if job.seq_index is None else (job.seq_index, job.seq_start)
     return build_shard(Gatherer(inp, buffers=buffers), job.row, job.start, job.length, job.pack_offsets,
-                       job.pack_tokens, provenance=provenance)
+                       job.pack_tokens, provenance=provenance, pad_to_multiple_of=job.pad_to_multiple_of)
 
 
 def run_shard_job(job: ShardJob) -> ShardResult:

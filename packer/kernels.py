@@ -392,3 +392,63 @@ def fill_padded_pack(input_ids, labels, cu_seqlens, ids_out, labels_out, positio
     for i in range(capacity - n):
         padding[i] = i
     return count, longest, bad
+
+
+@njit(cache=True)
+def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_out, positions, pad_id, ignore_index):
+    """Write one stored pack into three rows laid out in its padded spans; return ``(label_tokens, bad)``.
+
+    Args:
+        input_ids, labels: int32 (n,), the stored pack.
+        cu_seqlens: int32 (k + 1,), 0 .. n; cu_padded: int32 (k + 1,), the padded spans' boundaries, each span at
+            least its sequence's length, ``cu_padded[k] <= len(ids_out)`` (the caller checks both).
+        ids_out, labels_out, positions: int (length,) each. Sequence ``s`` goes to ``cu_padded[s]``, followed by
+            ``pad_id`` / ``ignore_index`` to the end of its span, positions ``0 .. span - 1``; after the last span,
+            ``pad_id``, ``ignore_index`` and positions ``0 .. length - cu_padded[k] - 1`` (one final segment).
+
+    Returns:
+        The number of labels other than ``ignore_index`` and the first sequence whose first label is not
+        ``ignore_index`` (``-1`` if none). The reference is ``packer.torch.context_parallel``'s numpy layout, which
+        the tests compare it with.
+    """
+    n = input_ids.shape[0]
+    count = 0
+    for i in range(n):
+        count += labels[i] != ignore_index
+    bad = -1
+    k = cu_seqlens.shape[0] - 1
+    # slices per sequence, one plain loop each, so that every copy vectorises (indexing with p + j did not:
+    # 186 us per 20,000-token pack against 20 us)
+    for s in range(k):
+        a = np.int64(cu_seqlens[s])
+        m = np.int64(cu_seqlens[s + 1]) - a
+        p = np.int64(cu_padded[s])
+        span = np.int64(cu_padded[s + 1]) - p
+        if bad < 0 and m > 0 and labels[a] != ignore_index:
+            bad = s
+        src_ids = input_ids[a : a + m]
+        src_labels = labels[a : a + m]
+        dst_ids = ids_out[p : p + span]
+        dst_labels = labels_out[p : p + span]
+        dst_pos = positions[p : p + span]
+        for j in range(m):
+            dst_ids[j] = src_ids[j]
+        for j in range(m):
+            dst_labels[j] = src_labels[j]
+        for j in range(m, span):
+            dst_ids[j] = pad_id
+        for j in range(m, span):
+            dst_labels[j] = ignore_index
+        for j in range(span):
+            dst_pos[j] = j
+    total = np.int64(cu_padded[k])
+    tail_ids = ids_out[total:]
+    tail_labels = labels_out[total:]
+    tail_pos = positions[total:]
+    for j in range(tail_ids.shape[0]):
+        tail_ids[j] = pad_id
+    for j in range(tail_ids.shape[0]):
+        tail_labels[j] = ignore_index
+    for j in range(tail_ids.shape[0]):
+        tail_pos[j] = j
+    return count, bad

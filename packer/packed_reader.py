@@ -201,6 +201,7 @@ class PackedReader:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_shards"] = [None] * len(self.shard_paths)
+        state.pop("_padded", None)  # views of the memory maps, rebuilt on first use
         return state
 
     def __len__(self) -> int:
@@ -278,6 +279,87 @@ class PackedReader:
         """
         return self._per_shard(_squared_lengths)
 
+    @property
+    def pad_to_multiple_of(self) -> int | None:
+        """N of a folder packed with ``--pad-to-multiple-of N`` (``config.pad_to_multiple_of``), else None.
+
+        Raises:
+            PackerError: the manifest's N is not a positive integer dividing the capacity.
+        """
+        multiple = fmt.pad_to_multiple_of(self.manifest)
+        if multiple is not None and (isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1
+                                     or self.capacity % multiple):
+            raise PackerError(f"{self.path / fmt.MANIFEST_FILE}: config.{fmt.CONFIG_PAD_TO_MULTIPLE_OF} is "
+                              f"{multiple!r}, not a positive integer dividing the capacity {self.capacity:,}; "
+                              "re-run 'packer pack'")
+        return multiple
+
+    def cu_seqlens_padded(self, index: int) -> np.ndarray | None:
+        """:data:`packer.format.CU_SEQLENS_PADDED` of pack ``index``: int32 (sequences + 1,), a read-only view; None
+        for a folder packed without ``--pad-to-multiple-of``.
+
+        A shard's column is checked against its ``cu_seqlens`` once, when first used (vectorised: as many entries
+        per pack, 0 first, every span at least its sequence's length and a multiple of N, the last entry within the
+        capacity), so that kernels can index with it.
+
+        Raises:
+            IndexError: index out of range.
+            PackerError: the manifest records N but a shard lacks the column, or its padded boundaries do not fit
+                its ``cu_seqlens``; the message names the shard and the row.
+        """
+        multiple = self.pad_to_multiple_of
+        if multiple is None:
+            return None
+        n = self._row_starts_list[-1]
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"pack index {index} out of range for {n:,} packs")
+        s = bisect.bisect_right(self._row_starts_list, index) - 1
+        row = index - self._row_starts_list[s]
+        padded = self.__dict__.setdefault("_padded", {})
+        columns = padded.get(s)
+        if columns is None:
+            columns = padded[s] = self._padded_columns(s, multiple)
+        shard = self._shards[s]
+        k = 0 if len(columns) == 1 else int(np.searchsorted(shard.batch_starts, row, side="right")) - 1
+        col = columns[k]
+        row -= shard.batches[k].row_start
+        return col.values[col.offsets[row] : col.offsets[row + 1]]
+
+    def _padded_columns(self, s: int, multiple: int) -> list[_Column]:
+        """Shard ``s``'s padded boundaries per record batch, checked against its ``cu_seqlens``."""
+        shard = self._shard(s)
+        if fmt.CU_SEQLENS_PADDED not in shard.table.schema.names:
+            raise PackerError(f"{shard.path}: no column {fmt.CU_SEQLENS_PADDED!r}, but {fmt.MANIFEST_FILE} records "
+                              f"{fmt.CONFIG_PAD_TO_MULTIPLE_OF} {multiple}; the folder is damaged, re-run 'packer pack'")
+        columns = []
+        for b, batch in zip(shard.batches, (x for x in shard.table.to_batches() if x.num_rows)):
+            col = _list_column(shard.path, batch, fmt.CU_SEQLENS_PADDED)
+            cu = b.cu
+            bad = np.zeros(col.offsets.shape[0] - 1, dtype=bool)
+            same = (np.diff(col.offsets) == np.diff(cu.offsets)) & (np.diff(col.offsets) >= 2)
+            bad |= ~same
+            if same.all() and col.offsets.shape[0] > 1:
+                lo, hi = int(col.offsets[0]), int(col.offsets[-1])
+                pad = col.values[lo:hi].astype(np.int64)
+                real = cu.values[int(cu.offsets[0]) : int(cu.offsets[-1])].astype(np.int64)
+                first, last = col.offsets[:-1] - lo, col.offsets[1:] - lo - 1
+                span, length = np.diff(pad), np.diff(real)
+                inside = np.ones(span.shape[0], dtype=bool)
+                inside[last[:-1]] = False  # the step from one pack's last entry to the next pack's 0
+                wrong = inside & ((span < length) | (span % multiple != 0))
+                bad |= (pad[first] != 0) | (pad[last] > self.capacity)
+                bad[np.searchsorted(first, np.flatnonzero(wrong), side="right") - 1] = True
+            if bad.any():
+                row = b.row_start + int(np.argmax(bad))
+                raise PackerError(
+                    f"{shard.path}: row {row} has {fmt.CU_SEQLENS_PADDED} that do not fit its {fmt.CU_SEQLENS} with "
+                    f"{fmt.CONFIG_PAD_TO_MULTIPLE_OF} {multiple} and capacity {self.capacity:,}; the shard is "
+                    "damaged, re-run 'packer pack'"
+                )
+            columns.append(col)
+        return columns
 
 def _squared_lengths(b: _Batch) -> np.ndarray:
     off = b.cu.offsets

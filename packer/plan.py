@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -153,6 +154,8 @@ class PackPlan:
         pack_offsets: int64 (n_packs + 1,), pack ``p`` holds ``members[pack_offsets[p]:pack_offsets[p + 1]]``.
         pack_tokens: int64 (n_packs,), tokens in each pack.
         capacity, strategy, seed, filler: how the plan was made.
+        pack_tokens_padded: int64 (n_packs,), tokens per pack with every sequence counted at its padded length
+            (plans made with ``pad_to_multiple_of``; None otherwise). ``pack_tokens`` always counts real tokens.
     """
 
     pack_ids: np.ndarray
@@ -163,6 +166,7 @@ class PackPlan:
     strategy: str
     seed: int
     filler: float
+    pack_tokens_padded: np.ndarray | None = None
 
     @property
     def n_packs(self) -> int:
@@ -181,6 +185,40 @@ class PackPlan:
     def efficiency(self) -> float:
         """``tokens / (packs * capacity)``; 1.0 for an empty plan."""
         return self.tokens / (self.n_packs * self.capacity) if self.n_packs else 1.0
+
+
+def check_pad_to_multiple_of(multiple, capacity: int) -> int | None:
+    """Validate ``pad_to_multiple_of`` (``--pad-to-multiple-of``) against the capacity; returns it as an int.
+
+    The capacity must be a multiple of it, so that a sequence that fits a pack still fits once padded and the
+    padding at a pack's end is a whole number of aligned blocks too (context parallelism cuts every span of the
+    row into ``2 * cp_size`` equal chunks).
+
+    Raises:
+        PackerError: not a positive integer, or the capacity is not a multiple of it.
+    """
+    if multiple is None:
+        return None
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)) or multiple < 1:
+        raise PackerError(f"pad_to_multiple_of (--pad-to-multiple-of) must be a positive integer, got {multiple!r}")
+    if capacity % multiple:
+        lower = capacity // multiple * multiple
+        raise PackerError(
+            f"capacity (--max-length) {capacity:,} is not a multiple of pad_to_multiple_of (--pad-to-multiple-of) "
+            f"{int(multiple)}; pass --max-length {lower:,} or {lower + int(multiple):,}, or another multiple"
+        )
+    return int(multiple)
+
+
+def padded_lengths(lengths: np.ndarray, multiple: int) -> np.ndarray:
+    """Each length rounded up to a multiple of ``multiple``: ``ceil(n / multiple) * multiple`` (same dtype).
+
+    Example:
+        >>> padded_lengths(np.array([1, 8, 9, 16], dtype=np.int32), 8).tolist()
+        [8, 8, 16, 16]
+    """
+    m = lengths.dtype.type(multiple)
+    return (lengths + (m - 1)) // m * m
 
 
 def placement_order(lengths: np.ndarray, *, capacity: int, strategy: str, seed: int, filler: float) -> np.ndarray:
@@ -203,6 +241,7 @@ def plan_packs(
     strategy: str = DEFAULT_STRATEGY,
     seed: int = 0,
     filler: float = DEFAULT_FILLER,
+    pad_to_multiple_of: int | None = None,
 ) -> PackPlan:
     """Pack sequences of the given lengths into packs of ``capacity`` tokens.
 
@@ -213,11 +252,15 @@ def plan_packs(
         strategy: one of :data:`STRATEGIES`.
         seed: seeds the shuffle of ``mixed`` and ``shuffle`` (ignored by ``bfd``/``ffd``).
         filler: for ``mixed``, the share of sequences (the shortest) held back to fill gaps, in ``[0, 1)``.
+        pad_to_multiple_of: plan every sequence at its length rounded up to a multiple of this (see
+            :func:`check_pad_to_multiple_of`), so that the packs still fit with that padding; the plan's
+            ``pack_tokens`` count real tokens and ``pack_tokens_padded`` the padded ones. Default: no padding.
 
     Returns:
         A :class:`PackPlan`; the same input and arguments always give the same plan.
     """
     capacity = _check_capacity(capacity)
+    multiple = check_pad_to_multiple_of(pad_to_multiple_of, capacity)
     if strategy not in STRATEGIES:
         raise PackerError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if isinstance(filler, bool) or not isinstance(filler, (int, float, np.floating)) or not 0 <= filler < 1:
@@ -236,6 +279,8 @@ def plan_packs(
                 "apply an overflow policy first (--overflow drop, truncate or split)"
             )
     lengths = lengths.astype(np.int32, copy=False)
+    if multiple is not None:
+        return _plan_padded(lengths, multiple, capacity=capacity, strategy=strategy, seed=seed, filler=filler)
     order = placement_order(lengths, capacity=capacity, strategy=strategy, seed=seed, filler=float(filler))
     kernel = kernels.first_fit if strategy == "ffd" else kernels.best_fit
     if strategy in ("bfd", "ffd"):
@@ -255,3 +300,13 @@ def plan_packs(
         seed=int(seed),
         filler=float(filler),
     )
+
+
+def _plan_padded(lengths: np.ndarray, multiple: int, **kw) -> PackPlan:
+    """The plan of the padded lengths, with ``pack_tokens`` recounted from the real ones (a separate step, so
+    the kernels and the unpadded path are untouched)."""
+    plan = plan_packs(padded_lengths(lengths, multiple), **kw)
+    real = np.zeros(plan.n_packs, dtype=np.int64)
+    if plan.members.size:
+        real = np.add.reduceat(lengths[plan.members].astype(np.int64), plan.pack_offsets[:-1])
+    return dataclasses.replace(plan, pack_tokens=real, pack_tokens_padded=plan.pack_tokens)

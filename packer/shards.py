@@ -13,6 +13,7 @@ import pyarrow as pa
 from packer import format as fmt
 from packer import kernels
 from packer.errors import PackerError
+from packer.plan import padded_lengths
 from packer.reader import TokenizedInput
 from packer.writer import shard_table
 
@@ -130,7 +131,8 @@ class Gatherer:
 
 def build_shard(gatherer: Gatherer, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
                 pack_offsets: np.ndarray, pack_tokens: np.ndarray, *,
-                provenance: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[pa.Table, LabelCounts]:
+                provenance: tuple[np.ndarray, np.ndarray] | None = None,
+                pad_to_multiple_of: int | None = None) -> tuple[pa.Table, LabelCounts]:
     """The table of a run of packs and its :class:`LabelCounts` (label tokens, and the sequences left with no
     trained token and their tokens).
 
@@ -141,6 +143,8 @@ def build_shard(gatherer: Gatherer, rows: np.ndarray, starts: np.ndarray, length
         pack_tokens: int64 (packs,), tokens per pack.
         provenance: ``(seq_index, seq_start)``, (m,) each, written instead of ``rows`` and ``starts`` (a repacked
             folder points at its original input's rows); None: ``rows`` and ``starts`` themselves.
+        pad_to_multiple_of: also write :data:`packer.format.CU_SEQLENS_PADDED`, each sequence's length rounded up
+            to a multiple of it (``--pad-to-multiple-of``); None: no such column.
     """
     ids, labels, lens, dst = gatherer.gather(rows, starts, lengths)
     labels[dst] = fmt.IGNORE_INDEX  # no sequence is trained to predict the first token of the next one
@@ -155,6 +159,7 @@ def build_shard(gatherer: Gatherer, rows: np.ndarray, starts: np.ndarray, length
         seq_offsets=pack_offsets - pack_offsets[0],
         seq_index=seq_index,
         seq_start=seq_start,
+        seq_lengths_padded=None if pad_to_multiple_of is None else padded_lengths(lens, pad_to_multiple_of),
     )
     trained = labels != fmt.IGNORE_INDEX
     # per sequence: a sequence with no trained token costs compute and teaches nothing (a prompt cut before its

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from packer.plan import PackPlan, Segments
+from packer.plan import PackPlan, Segments, padded_lengths
 
 LOSS_WARNING = 0.01
 """A share of the input's tokens or sequences lost (dropped, truncated, or left with no trained token) above which
@@ -78,6 +78,31 @@ def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, la
     return stats
 
 
+def alignment_stats(segments: Segments, plan: PackPlan, multiple: int) -> dict:
+    """The statistics of ``--pad-to-multiple-of`` (added to :func:`compute_stats`'s only for aligned folders).
+
+    Alignment padding is the padding inside the sequences' padded spans; ``packing_efficiency`` and
+    ``padding_tokens`` of :func:`compute_stats` already count it as waste (they count real tokens only), and
+    ``end_padding_tokens`` is the rest of the padding, at the packs' ends.
+
+    Keys: ``pad_to_multiple_of`` (N), ``alignment_padding_tokens``, ``alignment_padding_overhead`` (their share
+    of the packs' ``packs * capacity`` slots), ``end_padding_tokens``, ``tokens_out_padded`` (``tokens_out`` plus
+    the alignment padding) and ``lower_bound_packs_padded`` (``ceil(tokens_out_padded / capacity)``: no plan of
+    the padded lengths can use fewer packs).
+    """
+    padded = int(padded_lengths(segments.length.astype(np.int64), multiple).sum())
+    tokens_out = plan.tokens
+    slots = plan.n_packs * plan.capacity
+    return {
+        "pad_to_multiple_of": int(multiple),
+        "alignment_padding_tokens": padded - tokens_out,
+        "alignment_padding_overhead": (padded - tokens_out) / slots if slots else 0.0,
+        "end_padding_tokens": slots - padded,
+        "tokens_out_padded": padded,
+        "lower_bound_packs_padded": -(-padded // plan.capacity),
+    }
+
+
 def format_stats(stats: dict, timings: dict | None = None) -> str:
     """Human-readable summary of :func:`compute_stats` output (and optional per-phase seconds)."""
     s = stats
@@ -95,6 +120,10 @@ def format_stats(stats: dict, timings: dict | None = None) -> str:
         f"({s['data_loss_tokens']:.3%}): dropped {s['sequences_dropped']:,}, truncated {s['sequences_truncated']:,}; "
         f"split {s['sequences_split']:,}; empty skipped {s['empty_sequences_skipped']:,}",
     ]
+    if "alignment_padding_tokens" in s:
+        lines.append(f"alignment padding   {s['alignment_padding_tokens']:>14,}   (--pad-to-multiple-of "
+                     f"{s['pad_to_multiple_of']}: {s['alignment_padding_overhead']:.3%} of the slots; "
+                     f"{s['end_padding_tokens']:,} padding at pack ends)")
     if "label_tokens" in s:
         lines.append(f"label tokens        {s['label_tokens']:>14,}   (tokens the loss is computed on)")
     if "sequences_untrainable" in s:

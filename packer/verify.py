@@ -53,6 +53,9 @@ CHECKS = {
     "coverage": "every input sequence is in exactly one pack, or empty, dropped or truncated as the overflow policy "
     "says, and the statistics' counts of each add up exactly",
     "tokens": "every packed sequence's tokens and labels equal the input's (labels masked at sequence starts)",
+    "alignment": "with --pad-to-multiple-of N: config.pad_to_multiple_of valid, every shard has cu_seqlens_padded, "
+    "each sequence's padded span is its length rounded up to a multiple of N, every padded pack fits the capacity, "
+    "and the alignment statistics add up; without it: no shard has cu_seqlens_padded",
 }
 INPUT_CHECKS = ("input", "coverage", "tokens")
 DEFAULT_MAX_DEFECTS = 20
@@ -458,7 +461,7 @@ def _load_shard(folder: Path, info: dict, pack_base: int, col: _Collector) -> _S
     try:
         with pa.memory_map(str(folder / name), "r") as source:
             reader = pa.ipc.open_stream(source)
-            if not reader.schema.equals(fmt.SCHEMA):
+            if not (reader.schema.equals(fmt.SCHEMA) or reader.schema.equals(fmt.ALIGNED_SCHEMA)):
                 col.add("schema", f"schema is {reader.schema}, not the format's {fmt.SCHEMA}".replace("\n", "; "),
                         shard=name)
                 return None
@@ -784,6 +787,7 @@ def _verify(folder: Path, manifest: dict, cfg: dict, inp: TokenizedInput | None,
     col.detail["capacity"] = f"{totals['packs']:,} packs of 1 to {capacity:,} tokens"
     col.detail["cu_seqlens"] = f"{totals['packs']:,} packs, {totals['sequences']:,} sequence boundaries sound"
     col.detail["labels"] = f"{totals['sequences']:,} sequence starts masked, label values consistent"
+    _check_alignment(folder, manifest, cfg, present, col)
     if not parts:
         return
     seq = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -925,3 +929,88 @@ def _check_coverage(exp: dict, matched: np.ndarray, seq: dict, inp: TokenizedInp
         f"{rec['sequences_truncated']:,} truncated, {rec['sequences_split']:,} split; "
         f"{rec['tokens_in']:,} tokens in = {rec['tokens_out']:,} packed + {rec['tokens_dropped']:,} dropped + "
         f"{rec['tokens_truncated']:,} truncated" + (f" ({lost:,} rows lost to overflow)" if lost else ""))
+
+
+def _check_alignment(folder: Path, manifest: dict, cfg: dict, present: list[bool], col: _Collector) -> None:
+    """The ``alignment`` check (``--pad-to-multiple-of``): config, column presence, padded spans, statistics.
+
+    Reads ``cu_seqlens`` and ``cu_seqlens_padded`` of every readable shard again (memory-mapped, vectorised); a
+    shard that another check found unreadable is left to that check.
+    """
+    col.ran.add("alignment")
+    add = lambda msg, **where: col.add("alignment", msg, **where)  # noqa: E731
+    capacity = cfg["capacity"]
+    multiple = fmt.pad_to_multiple_of(manifest)
+    if multiple is not None and (not _is_int(multiple, 1) or capacity % multiple):
+        add(f"config.{fmt.CONFIG_PAD_TO_MULTIPLE_OF} is {multiple!r}, not a positive integer that divides the "
+            f"capacity {capacity:,}")
+        return
+    want = fmt.schema_for(multiple)
+    padded_total = real_total = packs = 0
+    for info, ok in zip(manifest[fmt.MANIFEST_SHARDS], present):
+        name = info["file"]
+        if not ok:
+            continue
+        try:
+            with pa.memory_map(str(folder / name), "r") as source:
+                table = pa.ipc.open_stream(source).read_all()
+        except (pa.ArrowException, OSError):
+            continue  # reported by the schema check
+        if not table.schema.equals(want):
+            has = fmt.CU_SEQLENS_PADDED in table.schema.names
+            add(f"has a {fmt.CU_SEQLENS_PADDED} column, but the config has no {fmt.CONFIG_PAD_TO_MULTIPLE_OF}" if has
+                else f"has no {fmt.CU_SEQLENS_PADDED} column, but the config says {fmt.CONFIG_PAD_TO_MULTIPLE_OF} "
+                f"{multiple}", shard=name)
+            continue
+        if multiple is None:
+            continue
+        if table.column(fmt.CU_SEQLENS_PADDED).null_count:
+            add(f"column {fmt.CU_SEQLENS_PADDED!r} holds nulls", shard=name)
+            continue
+        cu_off, cu = _flat(table, fmt.CU_SEQLENS)
+        pad_off, pad = _flat(table, fmt.CU_SEQLENS_PADDED)
+        rows = cu_off.shape[0] - 1
+        base = packs
+        packs += rows
+        at = lambda p: {"shard": name, "pack": base + int(p)}  # noqa: E731
+        differ = np.diff(pad_off) != np.diff(cu_off)
+        col.many("alignment", np.flatnonzero(differ), lambda p: (
+            f"{int(pad_off[p + 1] - pad_off[p])} {fmt.CU_SEQLENS_PADDED} entries for {int(cu_off[p + 1] - cu_off[p])} "
+            f"{fmt.CU_SEQLENS} entries", at(p)))
+        if differ.any():
+            continue
+        cu64, pad64 = cu.astype(np.int64), pad.astype(np.int64)
+        firsts = cu_off[:-1][np.diff(cu_off) > 0]
+        # per entry step within its pack (the step across two packs' lists is not a sequence)
+        real = np.diff(cu64)
+        span = np.diff(pad64)
+        inside = np.ones(real.shape[0], dtype=bool)
+        inside[(cu_off[1:-1] - 1)[(cu_off[1:-1] - 1) < real.shape[0]]] = False
+        want_span = (real + multiple - 1) // multiple * multiple
+        bad_first = np.flatnonzero(pad64[firsts] != 0)
+        col.many("alignment", bad_first, lambda j: (
+            f"{fmt.CU_SEQLENS_PADDED} starts at {int(pad64[firsts[j]])}, not 0",
+            at(np.searchsorted(cu_off, firsts[j], side="right") - 1)))
+        bad = np.flatnonzero(inside & (span != want_span))
+        col.many("alignment", bad, lambda e: (
+            f"sequence {int(e - cu_off[np.searchsorted(cu_off, e, side='right') - 1])} of the pack has "
+            f"{int(real[e]):,} tokens and a padded span of {int(span[e]):,}, not {int(want_span[e]):,} (its length "
+            f"rounded up to a multiple of {multiple})", at(np.searchsorted(cu_off, e, side="right") - 1)))
+        lasts = pad64[cu_off[1:][np.diff(cu_off) > 0] - 1]
+        over = np.flatnonzero(lasts > capacity)
+        col.many("alignment", over, lambda p: (
+            f"the padded pack has {int(lasts[p]):,} tokens, more than the capacity {capacity:,}", at(p)))
+        padded_total += int(lasts.sum())
+        real_total += int(cu64[cu_off[1:][np.diff(cu_off) > 0] - 1].sum())
+    if multiple is None:
+        col.detail["alignment"] = f"not aligned (no --pad-to-multiple-of): no shard has {fmt.CU_SEQLENS_PADDED}"
+        return
+    stats = manifest[fmt.MANIFEST_STATS]
+    if isinstance(stats, dict) and all(present) and col.counts["alignment"] == 0:
+        want_stats = {"pad_to_multiple_of": multiple, "tokens_out_padded": padded_total,
+                      "alignment_padding_tokens": padded_total - real_total}
+        for key, have in want_stats.items():
+            if stats.get(key) != have or isinstance(stats.get(key), bool):
+                add(f"the shards give {key.replace('_', ' ')} = {have:,}, the manifest's stats say {stats.get(key)!r}")
+    col.detail["alignment"] = (f"{packs:,} packs aligned to multiples of {multiple}: {padded_total - real_total:,} "
+                               f"alignment padding tokens, every padded pack within {capacity:,}")

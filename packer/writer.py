@@ -105,6 +105,7 @@ def shard_table(
     seq_offsets: np.ndarray,
     seq_index: np.ndarray,
     seq_start: np.ndarray,
+    seq_lengths_padded: np.ndarray | None = None,
 ) -> pa.Table:
     """Build one shard's table from flat arrays (see :mod:`packer.format` for the columns).
 
@@ -115,6 +116,8 @@ def shard_table(
         seq_offsets: int64 (rows + 1,), pack ``r`` holds sequences ``seq_offsets[r]:seq_offsets[r + 1]``.
         seq_index: int64 (sequences,), each sequence's input row.
         seq_start: int (sequences,), each sequence's first token in its input row.
+        seq_lengths_padded: int32 (sequences,), each sequence's padded length (``--pad-to-multiple-of``): adds the
+            :data:`packer.format.CU_SEQLENS_PADDED` column (:data:`packer.format.ALIGNED_SCHEMA`). Default: none.
     """
     rows = token_offsets.shape[0] - 1
     # cu_seqlens of pack r: 0, then the running sum of its sequence lengths (restarting at every pack)
@@ -134,7 +137,24 @@ def shard_table(
         _list_array(seq_offsets, seq_index.astype(np.int64, copy=False), pa.int64()),
         _list_array(seq_offsets, seq_start.astype(np.int32, copy=False), pa.int32()),
     ]
-    return pa.Table.from_arrays(arrays, schema=fmt.SCHEMA)
+    if seq_lengths_padded is None:
+        return pa.Table.from_arrays(arrays, schema=fmt.SCHEMA)
+    arrays.append(_list_array(cu_offsets, _row_cumsums(seq_lengths_padded, seq_offsets), pa.int32()))
+    return pa.Table.from_arrays(arrays, schema=fmt.ALIGNED_SCHEMA)
+
+
+def _row_cumsums(seq_lengths: np.ndarray, seq_offsets: np.ndarray) -> np.ndarray:
+    """int32 (sequences + rows,): for each row, 0 and then the running sum of its sequences' lengths."""
+    rows = seq_offsets.shape[0] - 1
+    cum = np.zeros(seq_lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(seq_lengths, out=cum[1:])
+    out = np.empty(seq_lengths.shape[0] + rows, dtype=np.int32)
+    firsts = seq_offsets[:-1] + np.arange(rows, dtype=np.int64)
+    is_first = np.zeros(out.shape[0], dtype=bool)
+    is_first[firsts] = True
+    out[is_first] = 0
+    out[~is_first] = cum[1:] - np.repeat(cum[seq_offsets[:-1]], np.diff(seq_offsets))
+    return out
 
 
 def shard_info(name: str, table: pa.Table, nbytes: int, checksum: str) -> ShardInfo:
@@ -151,8 +171,8 @@ def shard_info(name: str, table: pa.Table, nbytes: int, checksum: str) -> ShardI
 def write_shard(folder: str | os.PathLike, name: str, table: pa.Table) -> ShardInfo:
     """Write shard file ``name`` into ``folder`` (a local path, fsynced, or a URI), hashing while writing.
 
-    The file is an Arrow IPC stream of :data:`packer.format.SCHEMA`; the bytes are the same for both kinds of
-    destination.
+    The file is an Arrow IPC stream of the table's schema (:data:`packer.format.SCHEMA`, or
+    :data:`packer.format.ALIGNED_SCHEMA`); the bytes are the same for both kinds of destination.
 
     Raises:
         PackerError: the write failed (the message names the file).
@@ -163,7 +183,7 @@ def write_shard(folder: str | os.PathLike, name: str, table: pa.Table) -> ShardI
         try:
             with fs.open_output_stream(inner) as out:
                 sink = HashingSink(out)
-                with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
+                with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as w:
                     w.write_table(table)
         except (OSError, pa.ArrowException) as e:
             raise PackerError(f"{uri}: write failed ({e}); check the URI and its permissions") from None
@@ -172,7 +192,7 @@ def write_shard(folder: str | os.PathLike, name: str, table: pa.Table) -> ShardI
     try:
         with open(path, "wb") as fh:
             sink = HashingSink(fh)
-            with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), fmt.SCHEMA) as w:
+            with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as w:
                 w.write_table(table)
             fh.flush()
             os.fsync(fh.fileno())
@@ -195,9 +215,9 @@ def hf_state(shards: list[ShardInfo], fingerprint: str) -> dict:
     }
 
 
-def hf_info() -> dict:
-    """The ``dataset_info.json`` of a packed folder."""
-    return {"features": fmt.hf_features(), "description": "packed by packer"}
+def hf_info(*, aligned: bool = False) -> dict:
+    """The ``dataset_info.json`` of a packed folder (``aligned``: packed with ``--pad-to-multiple-of``)."""
+    return {"features": fmt.hf_features(aligned=aligned), "description": "packed by packer"}
 
 
 class PackedWriter:
@@ -376,7 +396,7 @@ class PackedWriter:
         manifest[fmt.MANIFEST_SHARDS] = [asdict(s) for s in self.shards]
         manifest = fmt.seal_manifest(manifest)
         try:
-            self._write_json(fmt.HF_INFO_FILE, hf_info())
+            self._write_json(fmt.HF_INFO_FILE, hf_info(aligned=fmt.pad_to_multiple_of(manifest) is not None))
             self._write_json(
                 fmt.HF_STATE_FILE, hf_state(self.shards, manifest.get(fmt.MANIFEST_INPUT, {}).get("fingerprint", "packer"))
             )

@@ -10,6 +10,7 @@ examples:
   packer pack data_samples/reference_like --output packed/ --verify
   packer pack my_datasetdict/ --split train --output packed/ --max-loss 0.01
   packer pack packed/ --output packed-8k/ --max-length 8192 --overflow split
+  packer pack data_samples/reference_like --output packed/ --pad-to-multiple-of 16
 
 Input (see docs/input.md): token ids, one list per row. A 'labels' (or 'loss_mask') column in every file is used
 unless --no-labels; a packed folder given alone is repacked from its sequences. Columns that only some files have,
@@ -69,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fail, writing nothing, if more than this share of the input's tokens or sequences is lost "
                    "(dropped, truncated, or left with no trained token); default: warn above "
                    f"{LOSS_WARNING:.0%}".replace("%", "%%"))
+    p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
+                   help="pad every sequence to a multiple of N tokens (planned at that length) and record the "
+                   "padded boundaries as cu_seqlens_padded, for context parallelism (N a multiple of 2 x CP size) "
+                   "and FP8/tensor-core alignment; --max-length must be a multiple of N; see "
+                   "docs/context_parallel.md (default: no padding)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     scale = p.add_argument_group("scale (see docs/scale.md)")
     scale.add_argument("--workers", type=int, default=1,
@@ -90,7 +96,7 @@ FLAGS = {
     "capacity": "--max-length", "strategy": "--strategy", "seed": "--seed", "filler": "--filler",
     "overflow": "--overflow", "shard_size": "--shard-size", "plan": "--plan", "group_size": "--group-size",
     "max_loss": "--max-loss", "input_ids": "--input-column", "labels": "--labels-column",
-    "loss_mask": "--loss-mask-column", "split": "--split",
+    "loss_mask": "--loss-mask-column", "split": "--split", "pad_to_multiple_of": "--pad-to-multiple-of",
 }
 """The flag of each parameter of PackConfig, Columns and pack_dataset, for messages."""
 
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             plan=args.plan,
             group_size=args.group_size,
             max_loss=args.max_loss,
+            pad_to_multiple_of=args.pad_to_multiple_of,
         )
         manifest = pack_dataset(args.inputs, args.output, config=config, overwrite=args.overwrite,
                                 progress=not args.quiet and sys.stderr.isatty(), verify=args.verify,
@@ -128,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if flag is None:
             raise
         raise PackerError(e.message_for(f"{flag} {e.value}")) from None
-    print(f"wrote {args.output}: {len(manifest[fmt.MANIFEST_SHARDS])} shard(s)")
-    print(format_stats(manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]["seconds"]))
+    if not args.quiet:  # -q: errors only (`packer stats` prints the statistics again)
+        print(f"wrote {args.output}: {len(manifest[fmt.MANIFEST_SHARDS])} shard(s)")
+        print(format_stats(manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]["seconds"]))
     return 0

@@ -7,6 +7,8 @@ is the real torch.
 * :class:`PackedCollator` (``collate.py``): batches with flash-attn varlen and Hugging Face padding-free keys.
 * :class:`PackSampler` (``sampler.py``): per-epoch deterministic, duplicate-free, attention-balanced and resumable
   distributed sampling.
+* :class:`ContextParallelCollator` (``context_parallel.py``): folders packed with ``--pad-to-multiple-of``: each
+  context-parallel rank's load-balanced slice with the boundaries of Megatron's ``PackedSeqParams``.
 * :func:`block_causal_mask`, :func:`flex_block_mask`, :func:`varlen_attention` (``attention.py``).
 """
 try:
@@ -19,19 +21,29 @@ except ImportError as e:  # raised here, with the fix, rather than from deep ins
 
 from packer.torch.attention import block_causal_mask, flex_block_mask, segment_ids, varlen_attention
 from packer.torch.collate import FLASH_ATTN_KEYS, HF_KEYS, PackedCollator, collate_packed
+from packer.torch.context_parallel import (
+    PACKED_SEQ_PARAMS_KEYS,
+    ContextParallelCollator,
+    cp_partition_indices,
+    seq_idx_from_cu,
+)
 from packer.torch.dataset import PackedDataset
 from packer.torch.sampler import Imbalance, PackSampler
 
 __all__ = [
+    "ContextParallelCollator",
     "FLASH_ATTN_KEYS",
     "HF_KEYS",
     "Imbalance",
+    "PACKED_SEQ_PARAMS_KEYS",
     "PackSampler",
     "PackedCollator",
     "PackedDataset",
     "block_causal_mask",
+    "cp_partition_indices",
     "collate_packed",
     "flex_block_mask",
     "segment_ids",
+    "seq_idx_from_cu",
     "varlen_attention",
 ]
