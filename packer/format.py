@@ -27,7 +27,14 @@ column             Arrow type   meaning
 ``seq_index``      list<int64>  for each sequence in the pack: its row in the input (global, in input order)
 ``seq_offset``     list<int32>  for each sequence: its first token's offset in that input row (non-zero only
                                 for the later chunks of a sequence split with ``--overflow split``)
+``seq_lengths``    list<int32>  for each sequence: its length (``diff(cu_seqlens)``); the column TRL's
+                                padding-free collator (``trl.trainer.sft_trainer.DataCollatorForLanguageModeling``,
+                                TRL 1.16) reads by this name to restart ``position_ids`` at every sequence
 =================  ===========  ===========================================================================
+
+``seq_lengths`` was added within format version 1: it repeats what ``cu_seqlens`` says, readers that do not use it
+ignore it, and folders written before it (:data:`LEGACY_SCHEMA`) are read and verified as before; only training
+with TRL needs it (re-run ``packer pack`` for that).
 
 Token ids are stored as int32: every tokenizer's vocabulary is below 2**31, and a 20,000-token pack needs no
 int64 offsets inside it. Padding is never stored; the torch layer pads each pack to ``capacity`` when it reads.
@@ -91,6 +98,7 @@ LABELS = "labels"
 CU_SEQLENS = "cu_seqlens"
 SEQ_INDEX = "seq_index"
 SEQ_OFFSET = "seq_offset"
+SEQ_LENGTHS = "seq_lengths"
 
 TOKEN_DTYPE = "int32"
 INDEX_DTYPE = "int64"
@@ -102,8 +110,11 @@ SCHEMA = pa.schema(
         pa.field(CU_SEQLENS, pa.list_(pa.int32())),
         pa.field(SEQ_INDEX, pa.list_(pa.int64())),
         pa.field(SEQ_OFFSET, pa.list_(pa.int32())),
+        pa.field(SEQ_LENGTHS, pa.list_(pa.int32())),
     ]
 )
+LEGACY_SCHEMA = SCHEMA.remove(SCHEMA.get_field_index(SEQ_LENGTHS))
+"""The schema of folders written before :data:`SEQ_LENGTHS` existed (same format version; see above)."""
 COLUMNS = tuple(SCHEMA.names)
 
 # Manifest keys (top level). Anything here that changes between two identical runs (timings, dates) lives under
@@ -236,6 +247,7 @@ def hf_features() -> dict:
         CU_SEQLENS: list_of("int32"),
         SEQ_INDEX: list_of("int64"),
         SEQ_OFFSET: list_of("int32"),
+        SEQ_LENGTHS: list_of("int32"),
     }
 
 

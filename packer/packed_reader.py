@@ -255,6 +255,24 @@ class PackedReader:
             )
         return ids, labels, cu
 
+    def sequences(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``seq_index`` (int64) and ``seq_offset`` (int32) of pack ``index``, one entry per sequence (see
+        :mod:`packer.format`): the input row each sequence came from and its first token's offset in that row.
+
+        Raises:
+            IndexError: index out of range.
+        """
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"pack index {index} out of range for {n:,} packs")
+        s, row = self.locate(index % n)
+        table = self._shard(s).table
+        out = []
+        for name, dtype in ((fmt.SEQ_INDEX, np.int64), (fmt.SEQ_OFFSET, np.int32)):
+            values = table.column(name)[row].values  # numpy views of the Arrow buffers: no pandas import
+            out.append(np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype().itemsize))
+        return out[0], out[1]
+
     def _per_shard(self, fn) -> np.ndarray:
         parts = []
         for s in range(self.n_shards):

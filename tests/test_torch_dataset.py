@@ -78,12 +78,15 @@ def test_items_reproduce_every_sequence_once(packed, lengths):
         assert item["cu_seqlens"].dtype == torch.int32 and ids.shape == labels.shape == pos.shape == (CAP,)
         n = item["num_tokens"]
         assert item["index"] == i and cu[0] == 0 and (np.diff(cu) > 0).all() and cu[-1] == CAP
-        real_cu = cu if n == CAP else cu[:-1]
+        real_cu = cu[: int(np.searchsorted(cu, n)) + 1]
         assert real_cu[-1] == n
-        assert item["max_seqlen"] == int(np.diff(cu).max())
-        # padding: pad id, no labels, a sequence of its own numbered from 0
+        longest = int(np.diff(real_cu).max())
+        assert item["max_seqlen"] == longest == int(np.diff(cu).max())
+        # padding: pad id, no labels, segments of at most the longest sequence's length, each numbered from 0, so
+        # no padding position exceeds a real one
         assert (ids[n:] == 0).all() and (labels[n:] == IGNORE).all()
-        assert (pos[n:] == np.arange(CAP - n)).all()
+        assert (pos[n:] == np.arange(CAP - n) % longest).all()
+        assert cu[len(real_cu) :].tolist() == [min(e, CAP) for e in range(n + longest, CAP + longest, longest)]
         n_labels = 0
         for a, b in zip(real_cu[:-1], real_cu[1:]):
             tok = int(ids[a])
@@ -146,11 +149,16 @@ def _fill_reference(ids, labels, cu, cap, pad_id):
     n = len(ids)
     out[0] = list(ids) + [pad_id] * (cap - n)
     out[1] = list(labels) + [IGNORE] * (cap - n)
-    pos = []
+    pos, cu_out = [], list(cu)
     for a, b in zip(cu[:-1], cu[1:]):
         pos += list(range(b - a))
-    out[2] = pos + list(range(cap - n))
-    return out, sum(1 for x in labels if x != IGNORE)
+    longest = max(b - a for a, b in zip(cu[:-1], cu[1:]))
+    while len(pos) < cap:  # the padding: segments of the longest sequence's length, the last one shorter
+        chunk = min(longest, cap - len(pos))
+        pos += list(range(chunk))
+        cu_out.append(len(pos))
+    out[2] = pos
+    return out, sum(1 for x in labels if x != IGNORE), cu_out
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -165,12 +173,11 @@ def test_fill_kernel_matches_reference(seed):
     if seed % 3 == 0:
         labels[cu[int(rng.integers(0, len(cu) - 1))]] = 1  # a trained label at a sequence start: reported
     out = np.full((3, cap), -7, dtype=np.int64 if seed % 2 else np.int32)
-    cu_out = np.full(len(cu) + (n < cap), -7, dtype=np.int32)
+    want, want_count, want_cu = _fill_reference(ids, labels, cu, cap, 5)
+    cu_out = np.full(len(want_cu), -7, dtype=np.int32)
     count, longest, bad = kernels.fill_padded_pack(ids, labels, cu, out[0], out[1], out[2], cu_out, 5, IGNORE)
-    want, want_count = _fill_reference(ids, labels, cu, cap, 5)
     assert (out == want).all() and count == want_count
-    want_cu = list(cu) + ([cap] if n < cap else [])
-    assert cu_out.tolist() == want_cu and longest == max(np.diff(want_cu))
+    assert cu_out.tolist() == want_cu and longest == max(np.diff(want_cu)) == max(np.diff(cu))
     starts = [s for s, a in enumerate(cu[:-1]) if labels[a] != IGNORE]
     assert bad == (starts[0] if starts else -1)
 
