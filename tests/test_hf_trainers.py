@@ -43,8 +43,8 @@ def _packs_in(batch_ids, where: dict[int, int]) -> list[int]:
     return sorted({where[t] for row in batch_ids for t in row if t in where})
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("hf_trainer", REPO / "examples" / "hf_trainer.py")
+def _example(name: str = "hf_trainer"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -112,39 +112,24 @@ def test_rank_from_environment_without_process_group_raises(monkeypatch):
     assert PackSampler(np.ones(10)).num_replicas == 1
 
 
-def _word_tokenizer(vocab_size: int):
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, **{f"t{i}": i for i in range(1, vocab_size)}}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<pad>")),
-                                   pad_token="<pad>")
-
-
 def test_trl_sft_trainer_padding_free_trains_each_sequence_alone(packed, lengths, tmp_path, monkeypatch):
     """``SFTTrainer`` on ``datasets.load_from_disk(packed)``: position ids restart at every sequence, the stored
     labels are kept, and the loss is that of the sequences run alone."""
     pytest.importorskip("trl")
-    import datasets
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from packer.torch.hf import check_sft_config
-    from tests._hf_helpers import tiny_llama
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(PackerError, match="padding_free=True.*max_length=None"):
         check_sft_config(SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True))
     with pytest.raises(PackerError, match="packing=False"):
         check_sft_config(SFTConfig(output_dir=str(tmp_path), padding_free=True, packing=True, max_length=64,
-                                    use_cpu=True))
-    vocab = len(lengths) + 2
-    config = SFTConfig(output_dir=str(tmp_path), padding_free=True, max_length=None, per_device_train_batch_size=2,
-                       max_steps=2, report_to="none", use_cpu=True, save_strategy="no", learning_rate=1e-3)
-    check_sft_config(config)
-    model = tiny_llama(vocab, "sdpa")
-    trainer = SFTTrainer(model=model, args=config, train_dataset=datasets.load_from_disk(str(packed)),
-                         processing_class=_word_tokenizer(vocab))
+                                   use_cpu=True))
+    files = sorted(p.name for p in packed.iterdir())
+    example = _example("trl_sft")
+    model, tokenizer = example.tiny_model_and_tokenizer(len(lengths) + 2)
+    trainer = example.build_trainer(str(packed), str(tmp_path), model, tokenizer, max_steps=2, learning_rate=1e-3)
     batch = next(iter(trainer.get_train_dataloader()))
     ids, pos, labels = (batch[k][0] for k in ("input_ids", "position_ids", "labels"))
     assert batch["input_ids"].shape[0] == 1  # padding-free: the two packs back to back
@@ -168,3 +153,4 @@ def test_trl_sft_trainer_padding_free_trains_each_sequence_alone(packed, lengths
     model.train()
     trainer.train()
     assert trainer.state.global_step == 2
+    assert sorted(p.name for p in packed.iterdir()) == files  # TRL wrote no cache files into the packed folder
