@@ -79,8 +79,7 @@ def check_sft_config(config) -> None:
     Required (TRL 1.16, tests/test_hf_trainers.py): ``padding_free=True`` (else TRL pads rows with an all-ones
     ``attention_mask`` and every pack is attended as one sequence), ``packing=False`` (TRL would pack the packs
     again, as single sequences), ``max_length=None`` (TRL's default 1024 would cut every pack; with
-    ``padding_free`` TRL itself refuses a ``max_length`` without packing), and no ``skip_prepare_dataset`` in
-    ``dataset_kwargs`` (its preparation keeps the stored ``labels``).
+    ``padding_free`` TRL itself refuses a ``max_length`` without packing).
 
     Raises:
         PackerError: naming each setting to change.
@@ -92,7 +91,5 @@ def check_sft_config(config) -> None:
         wrong.append("packing=False (the rows are packs already; TRL would pack them again as single sequences)")
     if getattr(config, "max_length", None) is not None:
         wrong.append("max_length=None (else TRL cuts every pack to max_length tokens)")
-    if (getattr(config, "dataset_kwargs", None) or {}).get("skip_prepare_dataset"):
-        wrong.append("no skip_prepare_dataset in dataset_kwargs")
     if wrong:
         raise PackerError("to train a packed folder with TRL's SFTTrainer, set " + "; ".join(wrong))

@@ -400,6 +400,13 @@ class PackSampler(Sampler[int]):
                     "every rank would train on every pack. Use layout='rank' with a plain DataLoader"
                 )
             return
+        if type(sharder).__name__ == "DataLoaderDispatcher":
+            if self.num_replicas > 1:
+                raise PackerError(
+                    "accelerate's dispatch_batches=True reads every batch on process 0 and splits it; PackSampler "
+                    "plans each rank's packs itself: leave dispatch_batches off (its default for map-style datasets)"
+                )
+            return
         procs, index = int(getattr(sharder, "num_processes", 1)), int(getattr(sharder, "process_index", 0))
         if procs <= 1:
             return
@@ -490,20 +497,24 @@ class PackSampler(Sampler[int]):
                      world, left, left // self.num_replicas)
 
 
+_ACCELERATE_LOADERS = ("BatchSamplerShard", "DataLoaderDispatcher")
+
+
 def _batch_sharder():
-    """The accelerate ``BatchSamplerShard`` iterating the caller, found on the call stack, or None.
+    """The accelerate ``BatchSamplerShard`` (or ``DataLoaderDispatcher``) iterating the caller, found on the call
+    stack, or None.
 
     accelerate (and so ``Trainer``) replaces a DataLoader's batch sampler with a ``BatchSamplerShard`` that deals
     the batches to the processes round-robin; a sampler cannot see that from its arguments. Looked up by class
     name and module, so nothing here imports accelerate.
     """
     frame = sys._getframe(2)
-    for _ in range(8):
+    for _ in range(16):  # a handful of frames between them (more with DataLoader workers); once per epoch
         if frame is None:
             return None
         obj = frame.f_locals.get("self")
         cls = type(obj)
-        if cls.__name__ == "BatchSamplerShard" and cls.__module__.startswith("accelerate"):
+        if cls.__name__ in _ACCELERATE_LOADERS and cls.__module__.startswith("accelerate"):
             return obj
         frame = frame.f_back
     return None
