@@ -296,6 +296,18 @@ class PackedReader:
         """
         return self._per_shard(_squared_lengths)
 
+    def longest_sequences(self) -> np.ndarray:
+        """The longest sequence of every pack, int64 (n_packs,), from ``cu_seqlens`` only."""
+        return self._per_shard(_longest)
+
+
+def _longest(b: _Batch) -> np.ndarray:
+    off = b.cu.offsets
+    v = b.cu.values[off[0] : off[-1]].astype(np.int64)
+    d = np.diff(v)
+    d[off[1:-1] - off[0] - 1] = 0  # diffs across two rows' lists are not sequences
+    return np.maximum.reduceat(d, off[:-1] - off[0]) if d.shape[0] else np.zeros(len(off) - 1, dtype=np.int64)
+
 
 def _squared_lengths(b: _Batch) -> np.ndarray:
     off = b.cu.offsets

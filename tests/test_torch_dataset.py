@@ -140,6 +140,7 @@ def test_reader_matches_pyarrow(packed):
     assert costs.tolist() == [sum((b - a) ** 2 for a, b in zip(r["cu_seqlens"], r["cu_seqlens"][1:])) for r in rows]
     assert reader.num_tokens().tolist() == [len(r["input_ids"]) for r in rows]
     assert reader.num_sequences().tolist() == [len(r["cu_seqlens"]) - 1 for r in rows]
+    assert reader.longest_sequences().tolist() == [max(np.diff(r["cu_seqlens"])) for r in rows]
     with pytest.raises(IndexError):
         reader.pack(len(reader))
 

@@ -113,6 +113,11 @@ class PackedDataset(Dataset):
         self.pad_id = pad_id
         self.pad = bool(pad)
         self.sequence_ids = bool(sequence_ids)
+        self._longest: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers recompute the per-pack lengths (milliseconds) rather than receive them pickled
+        return {**self.__dict__, "_longest": None}
 
     def __repr__(self) -> str:
         return (
@@ -191,8 +196,12 @@ class PackedDataset(Dataset):
                 f"{fmt.MANIFEST_FILE}; the folder is damaged, re-run 'packer pack'"
             )
         pad = length - n
-        # the padding's segments: at most as long as the longest sequence (see fill_padded_pack)
-        chunks = -(-pad // max(int((cu[1:] - cu[:-1]).max()), 1)) if pad else 0
+        if self._longest is None:
+            # every pack's longest sequence, once per process (4 bytes a pack): a lookup per item instead of 3 us
+            # of numpy on its cu_seqlens
+            self._longest = self.reader.longest_sequences().astype(np.int32)
+        # the padding's segments: at most as long as the pack's longest sequence (see fill_padded_pack)
+        chunks = -(-pad // max(int(self._longest[index]), 1)) if pad else 0
         cu_out = np.empty(cu.shape[0] + chunks, dtype=np.int32)
         n_labels, max_seqlen, bad = kernels.fill_padded_pack(
             ids, labels, cu, rows[0], rows[1], rows[2], cu_out, self.pad_id, fmt.IGNORE_INDEX
