@@ -270,7 +270,8 @@ class PackedReader:
         out = []
         for name, dtype in ((fmt.SEQ_INDEX, np.int64), (fmt.SEQ_OFFSET, np.int32)):
             values = table.column(name)[row].values  # numpy views of the Arrow buffers: no pandas import
-            out.append(np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype().itemsize))
+            width = np.dtype(dtype).itemsize
+            out.append(np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * width))
         return out[0], out[1]
 
     def _per_shard(self, fn) -> np.ndarray:

@@ -50,7 +50,8 @@ def main(packed: str, out: str) -> None:
     ds = PackedDataset(packed)
     for attempt in (
         naive.train,
-        lambda: next(iter(naive.accelerator.prepare(DataLoader(ds, sampler=PackSampler(ds), collate_fn=PackedCollator())))),
+        lambda: next(iter(naive.accelerator.prepare(DataLoader(ds, sampler=PackSampler(ds),
+                                                               collate_fn=PackedCollator())))),
         lambda: next(iter(DataLoader(ds, sampler=PackSampler(ds, layout="global"), collate_fn=PackedCollator()))),
     ):
         try:

@@ -38,7 +38,8 @@ def _pack(folder, lengths, seed):
     rng = np.random.default_rng(seed)
     rows = [rng.integers(1, VOCAB, n).tolist() for n in lengths]
     folder.mkdir(parents=True)
-    table = pa.table({"input_ids": pa.array(rows, pa.list_(pa.int32())), "labels": pa.array(rows, pa.list_(pa.int32()))})
+    column = pa.array(rows, pa.list_(pa.int32()))
+    table = pa.table({"input_ids": column, "labels": column})
     with pa.OSFile(str(folder / "in.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
     config = PackConfig(capacity=CAPACITY, columns=Columns(labels="labels"))
@@ -61,7 +62,8 @@ def _model(kind: str):
     vocab = VOCAB
     if kind == "llama-dynamic":
         config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, initializer_range=0.5,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                             initializer_range=0.5,
                              rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
     elif kind == "phi3-longrope":
         half = 32 // 4 // 2  # head_dim / 2 factors

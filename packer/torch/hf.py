@@ -44,8 +44,8 @@ class PackedTrainer(Trainer):
     otherwise :class:`PackSampler` raises when the epoch starts.
 
     Example:
-        >>> args = TrainingArguments("out", per_device_train_batch_size=1, gradient_accumulation_steps=8)  # doctest: +SKIP
-        >>> PackedTrainer(model=model, args=args, train_dataset=PackedDataset("packed")).train()          # doctest: +SKIP
+        >>> args = TrainingArguments("out", gradient_accumulation_steps=8)                          # doctest: +SKIP
+        >>> PackedTrainer(model=model, args=args, train_dataset=PackedDataset("packed")).train()  # doctest: +SKIP
     """
 
     def __init__(self, model=None, args=None, data_collator=None, *rest, **kwargs):

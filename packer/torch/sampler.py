@@ -483,7 +483,9 @@ class PackSampler(Sampler[int]):
         epoch, consumed, world = int(state["epoch"]), state["consumed"], state["num_replicas"]
         history = [tuple(h) for h in state.get("history", [])]
         saved_mine = self._elastic_plan(epoch, history, world).shape[1] if history else self.n // world
-        if isinstance(consumed, bool) or not isinstance(consumed, int) or not 0 <= consumed <= saved_mine:
+        if isinstance(consumed, bool) or not isinstance(consumed, (int, np.integer)) or not (
+            0 <= consumed <= saved_mine
+        ):
             raise PackerError(f"sampler state consumed={consumed!r} is outside [0, {saved_mine}]")
         if world != self.num_replicas:
             history = [*history, (epoch, world, consumed)]
