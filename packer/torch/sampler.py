@@ -23,6 +23,21 @@ the balanced one, and rank 0 logs both when an epoch starts.
 
 Mid-epoch resume: ``state_dict(consumed=packs_this_rank_has_trained_on)`` and, in the new process,
 ``load_state_dict(state)``: the next iteration continues with exactly the packs an uninterrupted run would yield.
+A state saved on another number of ranks resumes *elastically* (as MosaicML streaming does): the packs the saved
+ranks had not consumed in that epoch are dealt to the new ranks, none repeated; see :meth:`PackSampler.load_state_dict`.
+
+Layouts. ``layout="rank"`` (default) yields this rank's packs: for a plain ``DataLoader`` on every rank.
+``layout="global"`` yields the micro-batches of all ranks interleaved (step by step, micro-batch ``j`` of rank 0,
+1, ..., W - 1, then ``j + 1``), for a loader that deals batch ``i`` to process ``i % W``: accelerate's
+``BatchSamplerShard``, which ``accelerator.prepare`` and ``transformers.Trainer`` put around every DataLoader's
+sampler. Each layout looks at who iterates it (accelerate's classes on the call stack, by name) and raises on the
+wrong loader rather than training each rank on part of its share, or every rank on everything.
+
+World size and rank come from the initialised ``torch.distributed`` process group when not given; with none but
+``WORLD_SIZE`` > 1 in the environment (torchrun, before ``init_process_group``) the sampler raises, as
+``DistributedSampler`` does, rather than act as rank 0 of 1.
+
+:class:`EvalSampler` gives every pack to exactly one rank, once, for evaluation.
 """
 from __future__ import annotations
 
@@ -116,7 +131,8 @@ class PackSampler(Sampler[int]):
     Args:
         data: a :class:`packer.torch.PackedDataset` (its :meth:`attention_costs` are balanced), or a 1-D array of
             per-pack costs (any non-negative numbers, e.g. measured step times).
-        num_replicas: ranks; default the ``torch.distributed`` world size (1 without a process group).
+        num_replicas: ranks; default the ``torch.distributed`` world size (1 without a process group, unless
+            ``WORLD_SIZE`` says otherwise: then it raises).
         rank: this rank; default the ``torch.distributed`` rank (0 without a process group).
         batch_size: packs per micro-batch (the DataLoader's ``batch_size``).
         grad_accum: micro-batches per optimizer step.
@@ -125,6 +141,13 @@ class PackSampler(Sampler[int]):
         balance: balance attention cost per step (False: ``order[rank::num_replicas]``, like DistributedSampler).
         window_steps: optimizer steps per balancing window: larger balances better and mixes packs of similar
             cost into the same steps more often.
+        layout: ``"rank"``: yield this rank's packs (a plain DataLoader per rank); ``"global"``: yield every rank's
+            micro-batches interleaved, for accelerate's batch sharding (``Trainer``, ``accelerator.prepare``; see
+            the module docstring). ``"global"`` needs ``batch_size`` to divide each rank's packs of the epoch.
+
+    Raises:
+        PackerError: bad arguments; fewer packs than ranks; no process group while ``WORLD_SIZE`` > 1 (when
+            ``num_replicas``/``rank`` are not given); and when iterated by the wrong loader for its ``layout``.
 
     Example:
         >>> ds = PackedDataset("packed")                                                     # doctest: +SKIP
