@@ -30,6 +30,7 @@ def build_trainer(packed: str, output_dir: str, *, batch_size: int = 1, grad_acc
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
         num_train_epochs=epochs,
         learning_rate=1e-3,

@@ -35,8 +35,20 @@ def main(packed: str, out: str) -> None:
     trainer.train()
     rank = dist.get_rank()
     sampler = trainer._get_train_sampler()
-    result = {"packs": received, "global_step": trainer.state.global_step,
+    result = {"packs": received[:], "global_step": trainer.state.global_step,
               "steps_per_epoch": sampler.steps_per_epoch, "plan": sampler.plan(0).tolist(), "errors": []}
+
+    # evaluation with Trainer's own sharding, 5 packs on 2 ranks (docs/huggingface.md says what it computes)
+    received.clear()
+    five = torch.utils.data.Subset(trainer.train_dataset, range(5))
+    metrics = trainer.evaluate(eval_dataset=five)
+    result["eval_packs"] = received[:]
+    collate = PackedCollator(keys="hf")
+    trainer.model.eval()
+    with torch.no_grad():
+        alone = [float(trainer.model(**collate([five[i]])).loss) for i in range(5)]
+    result["eval_loss"], result["alone"] = metrics["eval_loss"], alone
+    result["label_tokens"] = [five[i]["num_label_tokens"] for i in range(5)]
 
     # the natural wrong ways: a per-rank sampler under Trainer, and under accelerator.prepare
     from transformers import Trainer

@@ -76,6 +76,19 @@ def test_trainer_torchrun_two_ranks_train_each_pack_once(packed, tmp_path):
         prepared = PackSampler(PackedDataset(packed), num_replicas=2, rank=rank).plan(0)[rank].tolist()
         assert [b[0] for b in got["prepared"]] == prepared
     assert len(seen) == len(set(seen)) == n - n % 2
+    # Trainer.evaluate on 5 packs, 2 ranks, batch 1: rank 0 scores packs 0, 2, 4 and rank 1 packs 1, 3 and 0 again
+    # (accelerate's even_batches); each step's loss is normalised by the label tokens of that step on both ranks
+    # (transformers 5.17 passes num_items_in_batch in evaluation too), the repeat's own loss is dropped by
+    # gather_for_metrics, and eval_loss is the mean of the 5 kept values: what docs/huggingface.md describes
+    evals = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    eval_packs = [[p for b in got["eval_packs"] for p in _packs_in(b, where)] for got in evals]
+    assert eval_packs == [[0, 2, 4], [1, 3, 0]]
+    mean, tokens = evals[0]["alone"], evals[0]["label_tokens"]
+    kept = []
+    for a, b in ((0, 1), (2, 3), (4, 0)):
+        step = tokens[a] + tokens[b]
+        kept += [2 * mean[a] * tokens[a] / step, 2 * mean[b] * tokens[b] / step]
+    assert evals[0]["eval_loss"] == pytest.approx(sum(kept[:5]) / 5, rel=1e-5)
 
 
 def test_trainer_one_process_and_its_wrong_ways(packed, tmp_path, monkeypatch):

@@ -553,9 +553,9 @@ class EvalSampler(Sampler[int]):
     allow for that (sum the losses and token counts on each rank, then all-reduce once at the end).
 
     Do not hand it to ``transformers.Trainer`` or ``accelerator.prepare``: they shard evaluation themselves (their
-    default sequential sampler, dealt round-robin; the last batches made even by repeating packs, which
-    ``accelerator.gather_for_metrics`` drops again), and an already sharded sampler would be sharded twice; it
-    raises there.
+    default sequential sampler, dealt round-robin, the ranks evened out by repeating packs whose values
+    ``accelerator.gather_for_metrics`` drops; docs/huggingface.md says what ``eval_loss`` is then), and an already
+    sharded sampler would be sharded twice; it raises there.
 
     Args:
         data: a :class:`packer.torch.PackedDataset` or any sized collection (one entry per pack).
