@@ -2,8 +2,9 @@
 examples/hf_trainer.py, recording what each rank's model actually receives, then the wrong ways of plugging
 ``PackSampler`` in, which must raise.
 
-Writes ``OUT/rank{r}.json``: ``packs`` (each micro-batch's input_ids, as lists of the sequence tokens it holds),
-``global_step``, ``steps_per_epoch`` and ``plan`` (the sampler's plan), ``errors`` (messages of the wrong paths).
+Writes ``OUT/rank{r}.json``: ``packs`` (each micro-batch's input_ids), ``global_step``, ``steps_per_epoch`` and
+``plan`` (the sampler's plan); ``eval_packs``, ``eval_loss``, ``alone`` and ``label_tokens`` of ``Trainer.evaluate``
+on 5 packs; ``errors`` (messages of the wrong paths); ``prepared`` (the packs of an ``accelerator.prepare`` loader).
 """
 from __future__ import annotations
 

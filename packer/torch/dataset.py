@@ -78,7 +78,7 @@ class PackedDataset(Dataset):
             evaluation with :func:`packer.torch.row_losses`.
 
     Raises:
-        PackerError: not a packed folder, another format version, a manifest modified after packing (its checksum
+        PackerError: a file instead of a folder (the message names the folder to pass), not a packed folder, another format version, a manifest modified after packing (its checksum
             differs), a shard missing, truncated or (with ``verify``) damaged; the message names the file.
 
     Example:

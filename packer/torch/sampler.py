@@ -517,9 +517,11 @@ class PackSampler(Sampler[int]):
         self._start = int(consumed)
         self._yielded = int(consumed)
         if history and self.rank == 0:
-            left = self._elastic_plan(epoch).size
-            log.info("epoch %d resumed on %d ranks (saved on %d): %d packs left, %d each", epoch, self.num_replicas,
-                     world, left, left // self.num_replicas)
+            saved = self._elastic_plan(epoch, history[:-1], world) if len(history) > 1 else None
+            rest = (saved.size if saved is not None else self.n // world * world) - world * history[-1][2]
+            mine = self._elastic_plan(epoch).shape[1]
+            log.info("epoch %d resumed on %d ranks (saved on %d): %d packs left, %d each; %d sit out the rest of the "
+                     "epoch", epoch, self.num_replicas, world, rest, mine, rest - mine * self.num_replicas)
 
 
 _ACCELERATE_LOADERS = ("BatchSamplerShard", "DataLoaderDispatcher")
