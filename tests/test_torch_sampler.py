@@ -280,3 +280,13 @@ def test_eval_sampler_refuses_a_second_sharding():
     pytest.importorskip("accelerate")
     with pytest.raises(PackerError, match="second time"):
         _sharded(EvalSampler(range(10), num_replicas=2, rank=0), 2, 0, 1)
+
+
+@pytest.mark.parametrize("layout", ["rank", "global"])
+def test_accelerate_dispatch_batches_is_refused(layout):
+    """``dispatch_batches=True``: process 0 reads every batch and splits it; a per-rank plan cannot be dispatched."""
+    accelerate_data_loader = pytest.importorskip("accelerate.data_loader")
+    sampler = PackSampler(_costs(10), num_replicas=2, rank=0, layout=layout)
+    loader = accelerate_data_loader.DataLoaderDispatcher(list(range(10)), sampler=sampler, batch_size=1)
+    with pytest.raises(PackerError, match="dispatch_batches"):
+        list(loader)
