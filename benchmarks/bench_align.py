@@ -2,7 +2,7 @@
 
     python benchmarks/bench_align.py [--rows 99388] [--convert-rows 10000] [--strategies bfd mixed]
 
-Part 1 plans the full reference-like set's lengths (``packer.synthetic.reference_like_lengths``, 99,388 rows,
+Part 1 plans the full reference-like set's lengths (``data_samples.synthetic.reference_like_lengths``, 99,388 rows,
 20,000-token packs, ``--overflow drop``) with each multiple and strategy, and prints the packs, the packs over the
 lower bound ``ceil(real tokens / capacity)`` (and over the padded bound ``ceil(padded tokens / capacity)``), the
 efficiency counting alignment padding as waste (``real tokens / (packs * capacity)``), the alignment padding's
@@ -31,7 +31,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from packer.convert import PackConfig, pack_dataset
 from packer.plan import make_segments, padded_lengths, plan_packs
-from packer.synthetic import REFERENCE_ROWS, reference_like_lengths, reference_like_table
+from data_samples.synthetic import REFERENCE_ROWS, reference_like_lengths, reference_like_table
 
 MULTIPLES = (None, 8, 16)
 

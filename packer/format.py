@@ -27,7 +27,14 @@ column             Arrow type   meaning
 ``seq_index``      list<int64>  for each sequence in the pack: its row in the input (global, in input order)
 ``seq_offset``     list<int32>  for each sequence: its first token's offset in that input row (non-zero only
                                 for the later chunks of a sequence split with ``--overflow split``)
+``seq_lengths``    list<int32>  for each sequence: its length (``diff(cu_seqlens)``); the column TRL's
+                                padding-free collator (``trl.trainer.sft_trainer.DataCollatorForLanguageModeling``,
+                                TRL 1.16) reads by this name to restart ``position_ids`` at every sequence
 =================  ===========  ===========================================================================
+
+``seq_lengths`` was added within format version 1: it repeats what ``cu_seqlens`` says, readers that do not use it
+ignore it, and folders written before it (:data:`LEGACY_SCHEMA`) are read and verified as before; only training
+with TRL needs it (re-run ``packer pack`` for that).
 
 One optional column, present only in folders packed with ``--pad-to-multiple-of N`` (the manifest's
 ``config.pad_to_multiple_of`` records N; without the option the schema and the bytes are the ones above):
@@ -111,6 +118,7 @@ SEQ_INDEX = "seq_index"
 SEQ_OFFSET = "seq_offset"
 CU_SEQLENS_PADDED = "cu_seqlens_padded"
 """The optional column of folders packed with ``--pad-to-multiple-of`` (see the module docstring)."""
+SEQ_LENGTHS = "seq_lengths"
 
 TOKEN_DTYPE = "int32"
 INDEX_DTYPE = "int64"
@@ -122,8 +130,11 @@ SCHEMA = pa.schema(
         pa.field(CU_SEQLENS, pa.list_(pa.int32())),
         pa.field(SEQ_INDEX, pa.list_(pa.int64())),
         pa.field(SEQ_OFFSET, pa.list_(pa.int32())),
+        pa.field(SEQ_LENGTHS, pa.list_(pa.int32())),
     ]
 )
+LEGACY_SCHEMA = SCHEMA.remove(SCHEMA.get_field_index(SEQ_LENGTHS))
+"""The schema of folders written before :data:`SEQ_LENGTHS` existed (same format version; see above)."""
 COLUMNS = tuple(SCHEMA.names)
 ALIGNED_SCHEMA = SCHEMA.append(pa.field(CU_SEQLENS_PADDED, pa.list_(pa.int32())))
 """The schema of a folder packed with ``--pad-to-multiple-of``: :data:`SCHEMA` and then :data:`CU_SEQLENS_PADDED`."""
@@ -261,6 +272,7 @@ def hf_features(*, aligned: bool = False) -> dict:
         CU_SEQLENS: list_of("int32"),
         SEQ_INDEX: list_of("int64"),
         SEQ_OFFSET: list_of("int32"),
+        SEQ_LENGTHS: list_of("int32"),
     }
     if aligned:
         features[CU_SEQLENS_PADDED] = list_of("int32")
@@ -271,11 +283,6 @@ def pad_to_multiple_of(manifest: dict) -> int | None:
     """N of a folder packed with ``--pad-to-multiple-of N`` (its ``config.pad_to_multiple_of``), else None."""
     config = manifest.get(MANIFEST_CONFIG)
     return config.get(CONFIG_PAD_TO_MULTIPLE_OF) if isinstance(config, dict) else None
-
-
-def schema_for(multiple: int | None) -> pa.Schema:
-    """:data:`SCHEMA`, or :data:`ALIGNED_SCHEMA` for a folder packed with ``--pad-to-multiple-of``."""
-    return SCHEMA if multiple is None else ALIGNED_SCHEMA
 
 
 def read_manifest(folder: str | os.PathLike, *, checksum: bool = True) -> dict:

@@ -256,6 +256,25 @@ class PackedReader:
             )
         return ids, labels, cu
 
+    def sequences(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``seq_index`` (int64) and ``seq_offset`` (int32) of pack ``index``, one entry per sequence (see
+        :mod:`packer.format`): the input row each sequence came from and its first token's offset in that row.
+
+        Raises:
+            IndexError: index out of range.
+        """
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"pack index {index} out of range for {n:,} packs")
+        s, row = self.locate(index % n)
+        table = self._shard(s).table
+        out = []
+        for name, dtype in ((fmt.SEQ_INDEX, np.int64), (fmt.SEQ_OFFSET, np.int32)):
+            values = table.column(name)[row].values  # numpy views of the Arrow buffers: no pandas import
+            width = np.dtype(dtype).itemsize
+            out.append(np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * width))
+        return out[0], out[1]
+
     def _per_shard(self, fn) -> np.ndarray:
         parts = []
         for s in range(self.n_shards):
@@ -360,6 +379,19 @@ class PackedReader:
                 )
             columns.append(col)
         return columns
+
+    def longest_sequences(self) -> np.ndarray:
+        """The longest sequence of every pack, int64 (n_packs,), from ``cu_seqlens`` only."""
+        return self._per_shard(_longest)
+
+
+def _longest(b: _Batch) -> np.ndarray:
+    off = b.cu.offsets
+    v = b.cu.values[off[0] : off[-1]].astype(np.int64)
+    d = np.diff(v)
+    d[off[1:-1] - off[0] - 1] = 0  # diffs across two rows' lists are not sequences
+    return np.maximum.reduceat(d, off[:-1] - off[0]) if d.shape[0] else np.zeros(len(off) - 1, dtype=np.int64)
+
 
 def _squared_lengths(b: _Batch) -> np.ndarray:
     off = b.cu.offsets

@@ -461,7 +461,7 @@ def _load_shard(folder: Path, info: dict, pack_base: int, col: _Collector) -> _S
     try:
         with pa.memory_map(str(folder / name), "r") as source:
             reader = pa.ipc.open_stream(source)
-            if not (reader.schema.equals(fmt.SCHEMA) or reader.schema.equals(fmt.ALIGNED_SCHEMA)):
+            if not any(reader.schema.equals(s) for s in (fmt.SCHEMA, fmt.LEGACY_SCHEMA, fmt.ALIGNED_SCHEMA)):
                 col.add("schema", f"schema is {reader.schema}, not the format's {fmt.SCHEMA}".replace("\n", "; "),
                         shard=name)
                 return None
@@ -472,7 +472,7 @@ def _load_shard(folder: Path, info: dict, pack_base: int, col: _Collector) -> _S
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         col.add("schema", f"not a readable Arrow IPC stream ({msg})", shard=name)
         return None
-    for c in fmt.COLUMNS:
+    for c in table.column_names:
         column = table.column(c)
         if column.null_count or any(ch.values.null_count for ch in column.chunks):
             col.add("schema", f"column {c!r} holds nulls", shard=name)
@@ -493,6 +493,19 @@ def _load_shard(folder: Path, info: dict, pack_base: int, col: _Collector) -> _S
         p = int(np.argmax(so_off != seq_off)) - 1
         col.add("provenance", "seq_offset and seq_index differ in length", shard=name, pack=pack_base + max(p, 0))
         return None
+    if fmt.SEQ_LENGTHS in table.column_names:  # folders written before the column lack it (format.LEGACY_SCHEMA)
+        sl_off, seq_lengths = _flat(table, fmt.SEQ_LENGTHS)
+        n_seq = np.diff(cu_off) - 1
+        real = np.ones(cu.shape[0], dtype=bool)
+        real[cu_off[:-1]] = False  # diff against the entry before: not across two packs
+        if not np.array_equal(np.diff(sl_off), n_seq) or not np.array_equal(
+            seq_lengths.astype(np.int64), (cu.astype(np.int64) - np.concatenate([[0], cu[:-1]]))[real]
+        ):
+            bad = np.flatnonzero(np.diff(sl_off) != n_seq)
+            p = int(bad[0]) if bad.shape[0] else 0
+            col.add("cu_seqlens", f"{fmt.SEQ_LENGTHS} disagrees with {fmt.CU_SEQLENS}", shard=name,
+                    pack=pack_base + p)
+            return None
     return _Shard(name, pack_base, ids_off, ids, labels, cu_off, cu, seq_off, seq_index, seq_offset)
 
 
@@ -945,7 +958,6 @@ def _check_alignment(folder: Path, manifest: dict, cfg: dict, present: list[bool
         add(f"config.{fmt.CONFIG_PAD_TO_MULTIPLE_OF} is {multiple!r}, not a positive integer that divides the "
             f"capacity {capacity:,}")
         return
-    want = fmt.schema_for(multiple)
     padded_total = real_total = packs = 0
     for info, ok in zip(manifest[fmt.MANIFEST_SHARDS], present):
         name = info["file"]
@@ -956,8 +968,8 @@ def _check_alignment(folder: Path, manifest: dict, cfg: dict, present: list[bool
                 table = pa.ipc.open_stream(source).read_all()
         except (pa.ArrowException, OSError):
             continue  # reported by the schema check
-        if not table.schema.equals(want):
-            has = fmt.CU_SEQLENS_PADDED in table.schema.names
+        has = fmt.CU_SEQLENS_PADDED in table.schema.names
+        if has != (multiple is not None):  # the rest of the schema is the schema check's (a legacy one included)
             add(f"has a {fmt.CU_SEQLENS_PADDED} column, but the config has no {fmt.CONFIG_PAD_TO_MULTIPLE_OF}" if has
                 else f"has no {fmt.CU_SEQLENS_PADDED} column, but the config says {fmt.CONFIG_PAD_TO_MULTIPLE_OF} "
                 f"{multiple}", shard=name)

@@ -136,6 +136,7 @@ def shard_table(
         _list_array(cu_offsets, cu_values, pa.int32()),
         _list_array(seq_offsets, seq_index.astype(np.int64, copy=False), pa.int64()),
         _list_array(seq_offsets, seq_start.astype(np.int32, copy=False), pa.int32()),
+        _list_array(seq_offsets, seq_lengths.astype(np.int32, copy=False), pa.int32()),
     ]
     if seq_lengths_padded is None:
         return pa.Table.from_arrays(arrays, schema=fmt.SCHEMA)

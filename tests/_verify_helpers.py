@@ -63,6 +63,9 @@ def rewrite_shard(folder: Path, index: int, rows: list[dict], *, fix_checksum: b
     """Replace shard ``index`` with ``rows`` (format columns); update its manifest entry (size, checksum, counts)
     and re-seal the manifest so that only the deeper checks can notice what changed."""
     path = folder / load_manifest(folder)[fmt.MANIFEST_SHARDS][index]["file"]
+    for r in rows:  # seq_lengths repeats cu_seqlens: keep it in step, so only the edited column disagrees
+        cu = r[fmt.CU_SEQLENS]
+        r[fmt.SEQ_LENGTHS] = [b - a for a, b in zip(cu[:-1], cu[1:])]
     table = pa.Table.from_pylist(rows, schema=fmt.SCHEMA)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, fmt.SCHEMA) as w:
         w.write_table(table)

@@ -78,12 +78,15 @@ def test_items_reproduce_every_sequence_once(packed, lengths):
         assert item["cu_seqlens"].dtype == torch.int32 and ids.shape == labels.shape == pos.shape == (CAP,)
         n = item["num_tokens"]
         assert item["index"] == i and cu[0] == 0 and (np.diff(cu) > 0).all() and cu[-1] == CAP
-        real_cu = cu if n == CAP else cu[:-1]
+        real_cu = cu[: int(np.searchsorted(cu, n)) + 1]
         assert real_cu[-1] == n
-        assert item["max_seqlen"] == int(np.diff(cu).max())
-        # padding: pad id, no labels, a sequence of its own numbered from 0
+        longest = int(np.diff(real_cu).max())
+        assert item["max_seqlen"] == longest == int(np.diff(cu).max())
+        # padding: pad id, no labels, segments of at most the longest sequence's length, each numbered from 0, so
+        # no padding position exceeds a real one
         assert (ids[n:] == 0).all() and (labels[n:] == IGNORE).all()
-        assert (pos[n:] == np.arange(CAP - n)).all()
+        assert (pos[n:] == np.arange(CAP - n) % longest).all()
+        assert cu[len(real_cu) :].tolist() == [min(e, CAP) for e in range(n + longest, CAP + longest, longest)]
         n_labels = 0
         for a, b in zip(real_cu[:-1], real_cu[1:]):
             tok = int(ids[a])
@@ -137,6 +140,7 @@ def test_reader_matches_pyarrow(packed):
     assert costs.tolist() == [sum((b - a) ** 2 for a, b in zip(r["cu_seqlens"], r["cu_seqlens"][1:])) for r in rows]
     assert reader.num_tokens().tolist() == [len(r["input_ids"]) for r in rows]
     assert reader.num_sequences().tolist() == [len(r["cu_seqlens"]) - 1 for r in rows]
+    assert reader.longest_sequences().tolist() == [max(np.diff(r["cu_seqlens"])) for r in rows]
     with pytest.raises(IndexError):
         reader.pack(len(reader))
 
@@ -146,11 +150,16 @@ def _fill_reference(ids, labels, cu, cap, pad_id):
     n = len(ids)
     out[0] = list(ids) + [pad_id] * (cap - n)
     out[1] = list(labels) + [IGNORE] * (cap - n)
-    pos = []
+    pos, cu_out = [], list(cu)
     for a, b in zip(cu[:-1], cu[1:]):
         pos += list(range(b - a))
-    out[2] = pos + list(range(cap - n))
-    return out, sum(1 for x in labels if x != IGNORE)
+    longest = max(b - a for a, b in zip(cu[:-1], cu[1:]))
+    while len(pos) < cap:  # the padding: segments of the longest sequence's length, the last one shorter
+        chunk = min(longest, cap - len(pos))
+        pos += list(range(chunk))
+        cu_out.append(len(pos))
+    out[2] = pos
+    return out, sum(1 for x in labels if x != IGNORE), cu_out
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -165,12 +174,11 @@ def test_fill_kernel_matches_reference(seed):
     if seed % 3 == 0:
         labels[cu[int(rng.integers(0, len(cu) - 1))]] = 1  # a trained label at a sequence start: reported
     out = np.full((3, cap), -7, dtype=np.int64 if seed % 2 else np.int32)
-    cu_out = np.full(len(cu) + (n < cap), -7, dtype=np.int32)
+    want, want_count, want_cu = _fill_reference(ids, labels, cu, cap, 5)
+    cu_out = np.full(len(want_cu), -7, dtype=np.int32)
     count, longest, bad = kernels.fill_padded_pack(ids, labels, cu, out[0], out[1], out[2], cu_out, 5, IGNORE)
-    want, want_count = _fill_reference(ids, labels, cu, cap, 5)
     assert (out == want).all() and count == want_count
-    want_cu = list(cu) + ([cap] if n < cap else [])
-    assert cu_out.tolist() == want_cu and longest == max(np.diff(want_cu))
+    assert cu_out.tolist() == want_cu and longest == max(np.diff(want_cu)) == max(np.diff(cu))
     starts = [s for s, a in enumerate(cu[:-1]) if labels[a] != IGNORE]
     assert bad == (starts[0] if starts else -1)
 
@@ -302,3 +310,94 @@ def test_bad_arguments(packed):
         PackedDataset(packed, pad_id=-1)
     with pytest.raises(PackerError, match="keys"):
         PackedCollator(keys="nope")
+
+
+def test_negative_indices_file_paths_and_repr(packed):
+    ds = PackedDataset(packed)
+    n = len(ds)
+    assert ds[-1]["index"] == n - 1 and torch.equal(ds[-1]["input_ids"], ds[n - 1]["input_ids"])
+    assert [it["index"] for it in ds.__getitems__([-2, 0])] == [n - 2, 0]
+    for bad in (n, -n - 1, -100 * n):
+        with pytest.raises(IndexError, match=f"pack index {bad} out of range for {n} packs"):
+            ds[bad]
+    shard = PackedReader(packed).shard_paths[0]
+    with pytest.raises(PackerError, match=f"is a file.*PackedDataset\\('{packed}'\\)"):
+        PackedDataset(shard)
+    assert repr(ds) == f"PackedDataset('{packed}', packs={n}, capacity={CAP}, pad=True, pad_id=0, dtype=torch.int64)"
+
+
+def test_row_losses_sum_split_chunks_back_to_their_rows(tmp_path):
+    """``--overflow split`` cuts rows longer than the capacity into chunks in several packs; the per-row losses of
+    the whole folder equal each input row's loss run alone (its chunks' token losses added up)."""
+    from packer.convert import PackConfig, pack_dataset
+    from packer.reader import Columns
+    from packer.torch import row_losses, token_losses
+    from tests._torch_helpers import write_input
+
+    lengths = [5, 70, 9, 33, 120, 4, 17]
+    src = write_input(tmp_path / "in.arrow", lengths)
+    config = PackConfig(capacity=48, overflow="split", columns=Columns(labels="labels"))
+    pack_dataset(src, tmp_path / "packed", config=config, progress=False)
+    ds = PackedDataset(tmp_path / "packed", sequence_ids=True)
+    assert ds[0]["seq_index"].shape[0] == ds[0]["cu_seqlens"].shape[0] - 1
+    vocab = len(lengths) + 1
+    torch.manual_seed(0)
+    table = torch.randn(vocab, vocab)  # a fixed "model": logits depend on the token only
+    sums, counts = {}, {}
+    for batch in DataLoader(ds, batch_size=2, collate_fn=PackedCollator()):
+        per_token = token_losses(table[batch["input_ids"]], batch["labels"])
+        rows, loss, tokens = row_losses(per_token, batch)
+        for r, l, t in zip(rows.tolist(), loss.tolist(), tokens.tolist()):
+            sums[r] = sums.get(r, 0.0) + l
+            counts[r] = counts.get(r, 0) + t
+    want = expected_sequences(lengths)
+    assert sorted(sums) == list(range(len(lengths)))
+    for row, n in enumerate(lengths):
+        ids, labels = (torch.as_tensor(x) for x in want[row + 1])
+        # the row alone; a split row's later chunks start with -100 too (packer masks every chunk's first token)
+        alone = torch.nn.functional.cross_entropy(table[ids[:-1]], labels[1:].long(), ignore_index=IGNORE,
+                                                  reduction="none")
+        chunk_starts = set(range(48, n, 48)) if n > 48 else set()
+        keep = torch.tensor([t + 1 not in chunk_starts for t in range(n - 1)])
+        assert counts[row] == int(((labels[1:] != IGNORE) & keep).sum())
+        assert sums[row] == pytest.approx(float(alone[keep].sum()), rel=1e-5)
+    with pytest.raises(PackerError, match="sequence_ids=True"):
+        row_losses(per_token, PackedCollator()([PackedDataset(tmp_path / "packed")[0]]))
+
+
+def _replace_shard(folder, table):
+    """Write ``table`` as shard 0 and fix its manifest entry (size, checksum) so only deeper checks see it."""
+    import xxhash
+
+    name = fmt.read_manifest(folder)[fmt.MANIFEST_SHARDS][0][fmt.SHARD_FILE]
+    with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    data = (folder / name).read_bytes()
+    rewrite_manifest(folder, lambda m: m[fmt.MANIFEST_SHARDS][0].update(
+        bytes=len(data), xxh3_128=xxhash.xxh3_128(data).hexdigest()))
+
+
+def test_seq_lengths_column_and_folders_without_it(tmp_path, packed):
+    """``seq_lengths`` (what TRL's padding-free collator reads) is ``diff(cu_seqlens)``; ``packer verify`` checks
+    it, and a folder written before the column existed still reads and verifies."""
+    import shutil
+
+    from packer.verify import verify_packed
+
+    reader = PackedReader(packed)
+    table = reader._shard(0).table
+    assert table.schema.field(fmt.SEQ_LENGTHS).type == pa.list_(pa.int32())
+    for cu, sl in zip(table.column(fmt.CU_SEQLENS).to_pylist(), table.column(fmt.SEQ_LENGTHS).to_pylist()):
+        assert sl == np.diff(cu).tolist()
+    legacy = tmp_path / "legacy"
+    shutil.copytree(packed, legacy)
+    _replace_shard(legacy, table.drop_columns([fmt.SEQ_LENGTHS]))
+    assert verify_packed(legacy).failed() == []
+    assert torch.equal(PackedDataset(legacy)[0]["input_ids"], PackedDataset(packed)[0]["input_ids"])
+    damaged = tmp_path / "damaged"
+    shutil.copytree(packed, damaged)
+    rows = table.to_pylist()
+    rows[1][fmt.SEQ_LENGTHS][0] += 1
+    _replace_shard(damaged, pa.Table.from_pylist(rows, schema=fmt.SCHEMA))
+    report = verify_packed(damaged)
+    assert report.failed() == ["cu_seqlens"] and fmt.SEQ_LENGTHS in report.defects[0].message

@@ -9,7 +9,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from packer.errors import PackerError
-from packer.torch import PackedCollator, PackedDataset, PackSampler
+from packer.torch import EvalSampler, PackedCollator, PackedDataset, PackSampler
 
 from tests._torch_helpers import make_packed, random_lengths
 
@@ -185,9 +185,108 @@ def test_bad_arguments_and_mismatched_state():
     with pytest.raises(PackerError, match="non-negative"):
         PackSampler(-costs, num_replicas=1, rank=0)
     state = PackSampler(costs, num_replicas=2, rank=0, grad_accum=2).state_dict()
-    with pytest.raises(PackerError, match="num_replicas"):
-        PackSampler(costs, num_replicas=4, rank=0, grad_accum=2).load_state_dict(state)
     with pytest.raises(PackerError, match="grad_accum"):
         PackSampler(costs, num_replicas=2, rank=0, grad_accum=4).load_state_dict(state)
     with pytest.raises(PackerError, match="consumed"):
         PackSampler(costs, num_replicas=2, rank=0).state_dict(consumed=11)
+    with pytest.raises(PackerError, match="layout"):
+        PackSampler(costs, num_replicas=2, rank=0, layout="ranks")
+
+
+def _sharded(sampler, world, rank, batch_size):
+    """What accelerate (and so Trainer) hands process ``rank``: its ``BatchSamplerShard`` over the loader's
+    batches of ``sampler``."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    return list(BatchSamplerShard(BatchSampler(sampler, batch_size, False), num_processes=world, process_index=rank))
+
+
+@pytest.mark.parametrize("n,world,batch_size,grad_accum", [(33, 2, 1, 2), (97, 4, 2, 3), (50, 3, 4, 1)])
+def test_global_layout_under_accelerate_gives_each_rank_its_plan(n, world, batch_size, grad_accum):
+    pytest.importorskip("accelerate")
+    costs = _costs(n)
+    kw = dict(num_replicas=world, batch_size=batch_size, grad_accum=grad_accum, seed=3)
+    per_rank = n // world
+    if per_rank % batch_size:
+        with pytest.raises(PackerError, match="batch_size"):
+            _sharded(PackSampler(costs, rank=0, layout="global", **kw), world, 0, batch_size)
+        return
+    for rank in range(world):
+        plan = PackSampler(costs, rank=rank, **kw).plan(0)[rank].tolist()
+        batches = _sharded(PackSampler(costs, rank=rank, layout="global", **kw), world, rank, batch_size)
+        assert [i for b in batches for i in b] == plan
+        assert all(len(b) == batch_size for b in batches)
+        # the per-rank layout under the same sharding is refused: it would be sharded twice
+        with pytest.raises(PackerError, match="second time"):
+            _sharded(PackSampler(costs, rank=rank, **kw), world, rank, batch_size)
+        # and the global layout with another process index or world
+        with pytest.raises(PackerError, match="process"):
+            _sharded(PackSampler(costs, rank=rank, layout="global", **kw), world, (rank + 1) % world, batch_size)
+    with pytest.raises(PackerError, match="layout='rank'"):
+        list(PackSampler(costs, rank=0, layout="global", **kw))  # a plain loader: every rank would get everything
+
+
+@pytest.mark.parametrize("old,new", [(4, 3), (4, 6), (2, 1), (3, 5)])
+def test_elastic_resume_repeats_and_skips_nothing(old, new):
+    n, kw = 103, dict(batch_size=2, grad_accum=2, seed=7, window_steps=2)
+    costs = _costs(n)
+    saved = [PackSampler(costs, num_replicas=old, rank=r, **kw) for r in range(old)]
+    consumed = 2 * saved[0].packs_per_step  # two optimizer steps, in lockstep on every rank
+    trained = []
+    for s in saved:
+        s.set_epoch(5)
+        it = iter(s)
+        trained += [next(it) for _ in range(consumed)]
+    states = [s.state_dict() for s in saved]
+    epoch_packs = set(saved[0].plan(5).ravel().tolist())
+    resumed = [PackSampler(costs, num_replicas=new, rank=r, **kw) for r in range(new)]
+    rest = []
+    for r, s in enumerate(resumed):
+        s.load_state_dict(states[0])  # rank 0's checkpoint, as Trainer-style checkpoints keep one
+        s.set_epoch(5)
+        mine = list(s)
+        assert len(mine) == len(s) == (len(epoch_packs) - len(trained)) // new
+        rest += mine
+    # nothing repeated; only the fewer than `new` that do not divide evenly sit out the rest of the epoch
+    assert len(set(trained + rest)) == len(trained) + len(rest)
+    assert set(trained + rest) <= epoch_packs
+    assert len(epoch_packs) - len(trained) - len(rest) < new
+    # a second elastic resume in the same epoch, back to the old world, still repeats nothing
+    again = resumed[0].state_dict(consumed=resumed[0].packs_per_step)
+    back = [PackSampler(costs, num_replicas=old, rank=r, **kw) for r in range(old)]
+    done = [i for s in resumed for i in s.plan(5)[resumed.index(s)][: resumed[0].packs_per_step].tolist()]
+    tail = []
+    for s in back:
+        s.load_state_dict(again)
+        tail += list(s)
+    everything = trained + done + tail
+    assert len(everything) == len(set(everything)) and set(everything) <= epoch_packs
+    assert len(epoch_packs) - len(everything) < new + old
+    # the next epoch is planned for the new world from scratch
+    resumed[0].set_epoch(6)
+    assert list(resumed[0]) == PackSampler(costs, num_replicas=new, rank=0, **kw).plan(6)[0].tolist()
+
+
+@pytest.mark.parametrize("n,world", [(5, 4), (3, 4), (16, 4), (1, 1)])
+def test_eval_sampler_gives_every_pack_to_one_rank_once(n, world):
+    ranks = [list(EvalSampler(range(n), num_replicas=world, rank=r)) for r in range(world)]
+    assert sorted(i for r in ranks for i in r) == list(range(n))
+    assert [len(EvalSampler(range(n), num_replicas=world, rank=r)) for r in range(world)] == [len(r) for r in ranks]
+    assert max(map(len, ranks)) - min(map(len, ranks)) <= 1
+
+
+def test_eval_sampler_refuses_a_second_sharding():
+    pytest.importorskip("accelerate")
+    with pytest.raises(PackerError, match="second time"):
+        _sharded(EvalSampler(range(10), num_replicas=2, rank=0), 2, 0, 1)
+
+
+@pytest.mark.parametrize("layout", ["rank", "global"])
+def test_accelerate_dispatch_batches_is_refused(layout):
+    """``dispatch_batches=True``: process 0 reads every batch and splits it; a per-rank plan cannot be dispatched."""
+    accelerate_data_loader = pytest.importorskip("accelerate.data_loader")
+    sampler = PackSampler(_costs(10), num_replicas=2, rank=0, layout=layout)
+    loader = accelerate_data_loader.DataLoaderDispatcher(list(range(10)), sampler=sampler, batch_size=1)
+    with pytest.raises(PackerError, match="dispatch_batches"):
+        list(loader)

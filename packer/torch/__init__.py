@@ -6,7 +6,10 @@ is the real torch.
 * :class:`PackedDataset` (``dataset.py``): a map-style Dataset, one padded pack per item.
 * :class:`PackedCollator` (``collate.py``): batches with flash-attn varlen and Hugging Face padding-free keys.
 * :class:`PackSampler` (``sampler.py``): per-epoch deterministic, duplicate-free, attention-balanced and resumable
-  distributed sampling.
+  (also elastically) distributed sampling; :class:`EvalSampler`: every pack to exactly one rank, for evaluation.
+* :func:`token_losses`, :func:`row_losses` (``losses.py``): per-token losses summed back to input rows.
+* ``packer.torch.hf`` (imports transformers; not imported here): :class:`~packer.torch.hf.PackedTrainer` and
+  :func:`~packer.torch.hf.check_sft_config` for TRL.
 * :class:`ContextParallelCollator` (``context_parallel.py``): folders packed with ``--pad-to-multiple-of``: each
   context-parallel rank's load-balanced slice with the boundaries of Megatron's ``PackedSeqParams``.
 * :func:`block_causal_mask`, :func:`flex_block_mask`, :func:`varlen_attention` (``attention.py``).
@@ -28,10 +31,12 @@ from packer.torch.context_parallel import (
     seq_idx_from_cu,
 )
 from packer.torch.dataset import PackedDataset
-from packer.torch.sampler import Imbalance, PackSampler
+from packer.torch.losses import row_losses, token_losses
+from packer.torch.sampler import EvalSampler, Imbalance, PackSampler
 
 __all__ = [
     "ContextParallelCollator",
+    "EvalSampler",
     "FLASH_ATTN_KEYS",
     "HF_KEYS",
     "Imbalance",
@@ -43,7 +48,9 @@ __all__ = [
     "cp_partition_indices",
     "collate_packed",
     "flex_block_mask",
+    "row_losses",
     "segment_ids",
     "seq_idx_from_cu",
+    "token_losses",
     "varlen_attention",
 ]

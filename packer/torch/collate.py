@@ -18,6 +18,8 @@ key                       type            meaning
 ``num_label_tokens``      int             ``(labels != -100).sum()``: tokens the shifted loss is computed on
 ``num_tokens``            int             real (unpadded) tokens in the batch
 ``index``                 int64 (B,)      the packs' indices in the folder
+``seq_index``/``_offset``  int64/int32 (S,) per segment of ``cu_seqlens``: input row and offset in it (``-1``
+                                          for padding); only from ``PackedDataset(sequence_ids=True)`` items
 ========================  ==============  ======================================================================
 
 ``PackedCollator(keys="hf")`` keeps only ``input_ids``, ``labels``, ``position_ids``, ``cu_seq_lens_q``,
@@ -86,6 +88,13 @@ class PackedCollator:
     def __call__(self, items: list[dict]) -> dict:
         if not items:
             raise PackerError("cannot collate an empty batch")
+        missing = [k for k in ("input_ids", "labels", "position_ids", "cu_seqlens", "max_seqlen") if k not in items[0]]
+        if missing:
+            raise PackerError(
+                f"the items lack {', '.join(missing)}: PackedCollator takes PackedDataset items whole. Under "
+                "transformers.Trainer pass TrainingArguments(remove_unused_columns=False) (Trainer drops item keys "
+                "the model's forward does not name), or use packer.torch.hf.PackedTrainer"
+            )
         if len(items) == 1:
             # views of the item's own tensors, nothing copied: 2.6 us against 6.5 us for the general path
             item = items[0]
@@ -97,6 +106,7 @@ class PackedCollator:
                 batch["num_tokens"] = int(item["num_tokens"])
                 # from_numpy: 0.8 us against 2.1 us for torch.tensor
                 batch["index"] = torch.from_numpy(np.array([int(item["index"])], dtype=np.int64))
+                _add_sequence_ids(batch, items)
             return self._extra(batch, items)
         lengths = [int(it["input_ids"].shape[0]) for it in items]
         if not self.flatten and min(lengths) != max(lengths):
@@ -127,6 +137,7 @@ class PackedCollator:
             batch["num_label_tokens"] = sum(int(it["num_label_tokens"]) for it in items)
             batch["num_tokens"] = sum(int(it["num_tokens"]) for it in items)
             batch["index"] = torch.from_numpy(np.array([int(it["index"]) for it in items], dtype=np.int64))
+            _add_sequence_ids(batch, items)
         return self._extra(batch, items)
 
     def _extra(self, batch: dict, items: list[dict]) -> dict:
@@ -145,6 +156,14 @@ class PackedCollator:
             batch["max_length_q"] = max_seqlen
             batch["max_length_k"] = max_seqlen
             batch["use_cache"] = False
+
+
+def _add_sequence_ids(batch: dict, items: list[dict]) -> None:
+    """``seq_index``/``seq_offset`` of every segment of the batch's ``cu_seqlens``, when the items carry them
+    (``PackedDataset(sequence_ids=True)``)."""
+    if "seq_index" in items[0]:
+        batch["seq_index"] = torch.cat([it["seq_index"] for it in items])
+        batch["seq_offset"] = torch.cat([it["seq_offset"] for it in items])
 
 
 def _stacked_rows(items: list[dict]) -> torch.Tensor | None:

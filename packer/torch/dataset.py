@@ -10,10 +10,11 @@ key                    type              meaning
 ``input_ids``          int64 (capacity,) the pack's tokens, then ``pad_id``
 ``labels``             int64 (capacity,) stored labels (``-100`` at every sequence's first token), then ``-100``
 ``position_ids``       int64 (capacity,) 0, 1, ... restarting at every sequence; the padding is numbered
-                                         0 .. capacity - n - 1 as a sequence of its own
-``cu_seqlens``         int32 (k + 2,)    0, the sequence ends, n, and then capacity: the padding is its own
-                                         final segment (no extra entry when n == capacity)
-``max_seqlen``         int               the longest segment in ``cu_seqlens``, padding segment included
+                                         0, 1, ..., longest - 1, 0, 1, ... in segments of at most the pack's
+                                         longest sequence (``longest``)
+``cu_seqlens``         int32 (k + 1 + p,) 0, the sequence ends, n, and then the ends of the ``p`` padding
+                                         segments, the last one ``capacity`` (``p = 0`` when n == capacity)
+``max_seqlen``         int               the longest segment in ``cu_seqlens``: the longest sequence
 ``num_label_tokens``   int               ``(labels != -100).sum()``: the tokens the loss is computed on
 ``num_tokens``         int               ``n``, the real tokens
 ``index``              int               the pack's index in the folder
@@ -27,9 +28,19 @@ positions ``t + 1`` that are not a sequence start and not masked. Divide the *su
 ``num_label_tokens`` of all micro-batches of an optimizer step (and of all ranks) to get the same loss as
 training on the sequences one by one; see ``docs/torch.md``.
 
-The padding segment: flash-attn and SDPA/flex masks treat it as one more sequence, so real tokens never attend to
-padding, and its labels are ``-100``, so it adds nothing to the loss or the gradients. Position ids restarting at
-0 on it keep Hugging Face's "a sequence starts where position_ids == 0" rule consistent with ``cu_seqlens``.
+The padding segments: flash-attn and SDPA/flex masks treat each as one more sequence, so real tokens never attend
+to padding, and their labels are ``-100``, so they add nothing to the loss or the gradients. Their position ids
+restart at 0 at every padding segment, which keeps Hugging Face's "a sequence starts where position_ids == 0" rule
+consistent with ``cu_seqlens``, and no padding position id is larger than the largest one of a real sequence in
+the pack: a model whose rotary embedding depends on the largest position in the batch (Llama's ``dynamic`` rope
+scaling, Phi-3's ``longrope``) or that looks positions up in a learned table (GPT-2) computes every real token
+exactly as without padding (tests/test_torch_hf.py). One padding segment numbered ``0 .. capacity - n - 1`` would
+not: 1,000 tokens of padding would switch a model with an original length of 512 to its scaled rotary embedding.
+
+``seq_index`` and ``seq_offset`` (only with ``sequence_ids=True``): int64 (k + p,) and int32 (k + p,), one per
+segment of ``cu_seqlens``: the input row the sequence came from and its first token's offset in that row (non-zero
+for the later chunks of a row split with ``--overflow split``); ``-1`` and ``0`` for the padding segments.
+:func:`packer.torch.row_losses` sums a batch's per-token losses back to input rows with them.
 """
 from __future__ import annotations
 
@@ -63,9 +74,11 @@ class PackedDataset(Dataset):
             collate measured 7% faster on CPU, where reading the pack and fixed per-item overhead dominate), but
             convert ``labels.long()`` on the device before ``cross_entropy``, which rejects int32 targets.
         verify: check every shard's checksum against the manifest on open (reads the whole folder once).
+        sequence_ids: add ``seq_index`` and ``seq_offset`` to every item (see the module docstring), for per-example
+            evaluation with :func:`packer.torch.row_losses`.
 
     Raises:
-        PackerError: not a packed folder, another format version, a manifest modified after packing (its checksum
+        PackerError: a file instead of a folder (the message names the folder to pass), not a packed folder, another format version, a manifest modified after packing (its checksum
             differs), a shard missing, truncated or (with ``verify``) damaged; the message names the file.
 
     Example:
@@ -82,6 +95,7 @@ class PackedDataset(Dataset):
         pad: bool = True,
         dtype: torch.dtype = torch.int64,
         verify: bool = False,
+        sequence_ids: bool = False,
     ):
         if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
             raise PackerError(f"pad_id must be a non-negative token id, got {pad_id!r}")
@@ -89,11 +103,36 @@ class PackedDataset(Dataset):
             raise PackerError(f"dtype must be torch.int64 or torch.int32, got {dtype!r}")
         self.dtype = dtype
         self._np_dtype = np.int64 if dtype == torch.int64 else np.int32
+        if os.path.isfile(path):
+            folder = os.path.dirname(os.path.abspath(path))
+            raise PackerError(
+                f"{path} is a file; PackedDataset takes the packed folder that holds {fmt.MANIFEST_FILE} and the "
+                f"shards, e.g. PackedDataset({folder!r})"
+            )
         self.reader = PackedReader(path, verify=verify)
         self.pad_id = pad_id
         self.pad = bool(pad)
         # packed with --pad-to-multiple-of: items in the padded spans (packer.torch.context_parallel.aligned_item)
         self._aligned = self.reader.pad_to_multiple_of is not None
+        self.sequence_ids = bool(sequence_ids)
+        self._longest: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers recompute the per-pack lengths (milliseconds) rather than receive them pickled
+        return {**self.__dict__, "_longest": None}
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedDataset({str(self.path)!r}, packs={len(self):,}, capacity={self.capacity:,}, pad={self.pad}, "
+            f"pad_id={self.pad_id}, dtype={self.dtype}{', sequence_ids=True' if self.sequence_ids else ''})"
+        )
+
+    def _index(self, index) -> int:
+        n = len(self)
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"pack index {i} out of range for {n:,} packs (valid: {-n} .. {n - 1})")
+        return i % n
 
     @property
     def path(self):
@@ -120,7 +159,7 @@ class PackedDataset(Dataset):
         return self.reader.num_tokens()
 
     def __getitem__(self, index: int) -> dict:
-        index = int(index)
+        index = self._index(index)
         if self._aligned:
             return aligned_item(self.reader, index, length=self.capacity if self.pad else None, pad_id=self.pad_id,
                                 dtype=self._np_dtype)
@@ -145,7 +184,7 @@ class PackedDataset(Dataset):
         views = [row.unbind(0) for row in buf.unbind(0)]
         items = []
         for j, index in enumerate(indices):
-            index = int(index)
+            index = self._index(index)
             ids, labels, cu = self.reader.pack(index)
             items.append(self._fill(index, ids, labels, cu, tuple(rows[:, j]), tuple(v[j] for v in views)))
         return items
@@ -161,7 +200,14 @@ class PackedDataset(Dataset):
                 f"{self.reader.shard_paths[s]}: row {row} holds {n:,} tokens, more than the capacity {length:,} in "
                 f"{fmt.MANIFEST_FILE}; the folder is damaged, re-run 'packer pack'"
             )
-        cu_out = np.empty(cu.shape[0] + (length > n), dtype=np.int32)
+        pad = length - n
+        if self._longest is None:
+            # every pack's longest sequence, once per process (4 bytes a pack): a lookup per item instead of 3 us
+            # of numpy on its cu_seqlens
+            self._longest = self.reader.longest_sequences().astype(np.int32)
+        # the padding's segments: at most as long as the pack's longest sequence (see fill_padded_pack)
+        chunks = -(-pad // max(int(self._longest[index]), 1)) if pad else 0
+        cu_out = np.empty(cu.shape[0] + chunks, dtype=np.int32)
         n_labels, max_seqlen, bad = kernels.fill_padded_pack(
             ids, labels, cu, rows[0], rows[1], rows[2], cu_out, self.pad_id, fmt.IGNORE_INDEX
         )
@@ -171,7 +217,7 @@ class PackedDataset(Dataset):
                 f"{self.reader.shard_paths[s]}: row {row}, sequence {bad} has a trained label at its first token; "
                 "not packer output, re-run 'packer pack'"
             )
-        return dict(
+        item = dict(
             input_ids=tensors[0],
             labels=tensors[1],
             position_ids=tensors[2],
@@ -181,3 +227,9 @@ class PackedDataset(Dataset):
             num_tokens=n,
             index=index,
         )
+        if self.sequence_ids:
+            seq_index, seq_offset = self.reader.sequences(index)
+            pad_segments = cu_out.shape[0] - cu.shape[0]
+            item["seq_index"] = torch.from_numpy(np.concatenate([seq_index, np.full(pad_segments, -1, np.int64)]))
+            item["seq_offset"] = torch.from_numpy(np.concatenate([seq_offset, np.zeros(pad_segments, np.int32)]))
+        return item

@@ -1,0 +1,95 @@
+"""Hugging Face glue: :class:`PackedTrainer` for ``transformers.Trainer`` and a settings check for TRL.
+
+``import packer.torch.hf`` imports transformers (the ``hf`` extra: ``pip install packer-llm[hf]``, which brings
+accelerate, which ``Trainer`` needs); ``import packer.torch`` does not.
+
+How ``Trainer`` shards data (transformers 5.17, accelerate 1.15): ``Trainer._get_dataloader`` builds a
+``DataLoader(dataset, batch_size, sampler=self._get_train_sampler())`` and passes it to ``accelerator.prepare``,
+which replaces its batch sampler with accelerate's ``BatchSamplerShard``: the batches of the *whole* sampler are
+dealt to the processes round-robin, batch ``i`` to process ``i % world``. A sampler that already yields one rank's
+share (``PackSampler(layout="rank")``, ``DistributedSampler``) is so sharded twice, and every rank trains on
+``1 / world`` of its share. :class:`PackedTrainer` gives ``Trainer`` a ``PackSampler(layout="global")``: it yields
+every rank's micro-batches interleaved, rank 0's first, so that accelerate's dealing hands each rank exactly its
+row of :meth:`PackSampler.plan`, balanced steps included. ``PackSampler`` checks who iterates it and raises on the
+wrong combination (``layout="rank"`` under accelerate with several processes, ``layout="global"`` without).
+
+TRL (1.16): ``SFTTrainer`` takes ``datasets.load_from_disk(packed_folder)``; with ``padding_free=True`` its
+collator builds ``position_ids`` (restarting at every sequence) and ``cu_seq_lens`` from the per-row
+``seq_lengths`` column that packer writes, keeps the stored ``labels`` (an already tokenized dataset with a
+``labels`` column is used as is) and masks each sequence's first token (already ``-100``). Its other settings would
+train silently wrong on packed rows; :func:`check_sft_config` names them.
+"""
+from __future__ import annotations
+
+from transformers import Trainer
+
+from packer.errors import PackerError
+from packer.torch.collate import PackedCollator
+from packer.torch.sampler import PackSampler
+
+
+class PackedTrainer(Trainer):
+    """``transformers.Trainer`` that trains a :class:`packer.torch.PackedDataset` on one process or many.
+
+    What it changes: the training sampler is a :class:`PackSampler` with ``layout="global"`` built from the
+    arguments (``args.world_size`` ranks, this process's ``args.process_index``, ``per_device_train_batch_size``,
+    ``gradient_accumulation_steps``, ``args.seed``), so every pack is trained exactly once per epoch across the
+    ranks (less the fewer than ``world_size`` left out, as :class:`PackSampler` documents), each optimizer step's
+    attention cost is balanced across ranks, and ``global_step`` after an epoch is
+    :attr:`PackSampler.steps_per_epoch`; the default collator is ``PackedCollator(keys="hf")``; and the collator is
+    not wrapped in ``Trainer``'s column remover, which would drop ``cu_seqlens`` (``remove_unused_columns`` has no
+    effect on a ``PackedDataset``). Evaluation keeps ``Trainer``'s own sharding (see ``docs/huggingface.md``).
+
+    ``per_device_train_batch_size`` must divide each rank's packs per epoch (use 1 with full-capacity packs);
+    otherwise :class:`PackSampler` raises when the epoch starts.
+
+    Example:
+        >>> args = TrainingArguments("out", gradient_accumulation_steps=8)                          # doctest: +SKIP
+        >>> PackedTrainer(model=model, args=args, train_dataset=PackedDataset("packed")).train()  # doctest: +SKIP
+    """
+
+    def __init__(self, model=None, args=None, data_collator=None, *rest, **kwargs):
+        super().__init__(model, args, data_collator or PackedCollator(keys="hf"), *rest, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not hasattr(dataset, "attention_costs"):
+            raise PackerError(
+                f"PackedTrainer trains a packer.torch.PackedDataset, got {type(dataset).__name__}; for a "
+                "datasets.Dataset of a packed folder use TRL's SFTTrainer (docs/huggingface.md)"
+            )
+        return PackSampler(
+            dataset,
+            num_replicas=max(1, self.args.world_size),
+            rank=self.args.process_index,
+            batch_size=self._train_batch_size,
+            grad_accum=self.args.gradient_accumulation_steps,
+            seed=self.args.seed,
+            layout="global",
+        )
+
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        # PackedCollator emits the keys the model takes (keys="hf"); removing item keys first would break it
+        return data_collator
+
+
+def check_sft_config(config) -> None:
+    """Raise unless a TRL ``SFTConfig`` trains a packed folder (``datasets.load_from_disk``) correctly.
+
+    Required (TRL 1.16, tests/test_hf_trainers.py): ``padding_free=True`` (else TRL pads rows with an all-ones
+    ``attention_mask`` and every pack is attended as one sequence), ``packing=False`` (TRL would pack the packs
+    again, as single sequences), ``max_length=None`` (TRL's default 1024 would cut every pack; with
+    ``padding_free`` TRL itself refuses a ``max_length`` without packing).
+
+    Raises:
+        PackerError: naming each setting to change.
+    """
+    wrong = []
+    if not getattr(config, "padding_free", False):
+        wrong.append("padding_free=True (else every pack is attended as one sequence)")
+    if getattr(config, "packing", False):
+        wrong.append("packing=False (the rows are packs already; TRL would pack them again as single sequences)")
+    if getattr(config, "max_length", None) is not None:
+        wrong.append("max_length=None (else TRL cuts every pack to max_length tokens)")
+    if wrong:
+        raise PackerError("to train a packed folder with TRL's SFTTrainer, set " + "; ".join(wrong))
