@@ -405,7 +405,8 @@ def fill_padded_pack(input_ids, labels, cu_seqlens, ids_out, labels_out, positio
 
 
 @njit(cache=True)
-def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_out, positions, pad_id, ignore_index):
+def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_out, positions, pad_id, ignore_index,
+                      period):
     """Write one stored pack into three rows laid out in its padded spans; return ``(label_tokens, bad)``.
 
     Args:
@@ -414,7 +415,11 @@ def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_
             least its sequence's length, ``cu_padded[k] <= len(ids_out)`` (the caller checks both).
         ids_out, labels_out, positions: int (length,) each. Sequence ``s`` goes to ``cu_padded[s]``, followed by
             ``pad_id`` / ``ignore_index`` to the end of its span, positions ``0 .. span - 1``; after the last span,
-            ``pad_id``, ``ignore_index`` and positions ``0 .. length - cu_padded[k] - 1`` (one final segment).
+            ``pad_id``, ``ignore_index`` and positions ``0 .. period - 1, 0, ...``: the final padding restarts every
+            ``period`` tokens (the caller passes the longest span, so no padding position exceeds a real one:
+            rope scaling and learned position tables see what they would without padding, as in
+            :func:`fill_padded_pack`).
+        period: positive int, the length of the final padding's segments (the last may be shorter).
 
     Returns:
         The number of labels other than ``ignore_index`` and the first sequence whose first label is not
@@ -459,6 +464,10 @@ def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_
         tail_ids[j] = pad_id
     for j in range(tail_ids.shape[0]):
         tail_labels[j] = ignore_index
-    for j in range(tail_ids.shape[0]):
-        tail_pos[j] = j
+    j = 0
+    while j < tail_ids.shape[0]:
+        stop = min(j + period, tail_ids.shape[0])
+        for t in range(j, stop):
+            tail_pos[t] = t - j
+        j = stop
     return count, bad

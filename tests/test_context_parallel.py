@@ -192,7 +192,7 @@ def numpy_aligned_layout(ids, labels, cu, cu_pad, length, pad_id):
     out[0, dst], out[1, dst] = ids, labels
     total = cu_pad[-1]
     out[2, :total] = np.arange(total) - np.repeat(cu_pad[:-1], spans)
-    out[2, total:] = np.arange(length - total)
+    out[2, total:] = np.arange(length - total) % max(int(spans.max()), 1)  # restarts every longest span
     return out
 
 
@@ -211,11 +211,13 @@ def test_aligned_kernel_matches_the_numpy_reference():
         labels[cu[:-1]] = IGNORE
         length = int(cu_pad[-1] + rng.integers(0, 20))
         rows = np.full((3, length), 7, dtype=np.int64)
-        count, bad = kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE)
+        period = int(np.diff(cu_pad).max())
+        count, bad = kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE, period)
         assert (rows == numpy_aligned_layout(ids, labels, cu, cu_pad, length, 0)).all()
         assert count == int((labels != IGNORE).sum()) and bad == -1
         labels[cu[k - 1]] = 5
-        assert kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE)[1] == k - 1
+        assert kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE,
+                                         period)[1] == k - 1
 
 
 def expected_layout(item, offsets):
@@ -227,13 +229,17 @@ def expected_layout(item, offsets):
     cu_real = item["cu_seqlens_unpadded"].numpy()
     assert torch.equal(item["cu_seqlens"], item["cu_seqlens_padded"]) and cu_pad[-1] == ids.shape[0]
     assert cu_real.shape == cu_pad.shape
+    n_real = int((ids[cu_pad[:-1]] != 0).sum())  # sequences (ids >= 1) first, then the padding segments
+    assert (ids[cu_pad[:n_real]] != 0).all()
+    longest = int(np.diff(cu_pad)[:n_real].max())
     out = []
     for k in range(cu_pad.shape[0] - 1):
         a, span, n = int(cu_pad[k]), int(cu_pad[k + 1] - cu_pad[k]), int(cu_real[k + 1] - cu_real[k])
         assert pos[a : a + span].tolist() == list(range(span))  # positions continue through the alignment padding
         sid = int(ids[a])
-        if sid == 0:  # the final padding segment: the only one of pad ids
-            assert k == cu_pad.shape[0] - 2 and n == span and (labels[a:] == IGNORE).all() and (ids[a:] == 0).all()
+        if sid == 0:  # the final padding segments: only pad ids from here on, none longer than the longest span
+            assert n == span and (labels[a:] == IGNORE).all() and (ids[a:] == 0).all()
+            assert span % N == 0 and span <= longest and pos[a:].max() < longest
             continue
         want_ids, want_labels = seqs[sid]
         start = offsets[k]

@@ -5,7 +5,8 @@ A folder packed with ``packer pack --pad-to-multiple-of N`` stores, next to the 
 boundaries of every sequence's *padded span* (``cu_seqlens_padded``: its length rounded up to a multiple of N; see
 :mod:`packer.format`). :class:`packer.torch.PackedDataset` then lays a pack out in those spans (:func:`aligned_item`):
 each sequence's tokens, then its alignment padding (``pad_id``, label ``-100``, position ids continuing the
-sequence's own), and with ``pad=True`` the padding up to the capacity as one last segment. In that layout:
+sequence's own), and with ``pad=True`` the padding up to the capacity, in segments of at most the longest span
+(multiples of N, positions restarting at 0 in each). In that layout:
 
 =========================  ===============================  =====================================================
 packer key                 Megatron / TransformerEngine     meaning
@@ -13,7 +14,7 @@ packer key                 Megatron / TransformerEngine     meaning
 ``cu_seqlens_padded``      ``cu_seqlens_q_padded``,         offsets of the padded spans in the tokens: int32
                            ``cu_seqlens_kv_padded``         (S + 1,), from 0 to the row's length
 ``cu_seqlens_unpadded``    ``cu_seqlens_q``,                running sum of the *real* lengths (NeMo's name;
-                           ``cu_seqlens_kv``                the final padding segment counts whole): int32 (S + 1,)
+                           ``cu_seqlens_kv``                the final padding segments count whole): int32 (S + 1,)
 ``cu_seqlens``             (flash-attn ``cu_seqlens``)      the segments of the tokens, the same values as
                                                             ``cu_seqlens_padded``: flash-attn, SDPA and Hugging
                                                             Face keys stay right, since alignment padding comes
@@ -59,7 +60,8 @@ def aligned_item(reader, index: int, *, length: int | None, pad_id: int, dtype: 
 
     Returns:
         ``input_ids``, ``labels``, ``position_ids`` ((length,)), ``cu_seqlens``, ``cu_seqlens_padded`` (the same
-        tensor), ``cu_seqlens_unpadded`` (int32, (k + 1,), or (k + 2,) with a final padding segment),
+        tensor), ``cu_seqlens_unpadded`` (int32, (k + 1 + p,), with ``p`` final padding segments of at most the
+        longest span each),
         ``max_seqlen``, ``num_label_tokens``, ``num_tokens`` (real tokens), ``index``; see the module docstring.
 
     Raises:
@@ -72,17 +74,23 @@ def aligned_item(reader, index: int, *, length: int | None, pad_id: int, dtype: 
     length = total if length is None else length
     rows = np.empty((3, length), dtype=dtype)
     ids_row, labels_row, pos_row = rows
-    # alignment padding continues its sequence's positions (it belongs to the span); the final padding segment
-    # restarts at 0 like every segment. A kernel: items took 260 us with numpy scatters, 80 us so (bench_align.py)
+    # alignment padding continues its sequence's positions (it belongs to the span); the final padding is cut into
+    # segments of at most the longest span, each restarting at 0 (a multiple of N each, so CP chunks stay whole), so
+    # that no padding position exceeds the largest real one (rope scaling, learned position tables: see
+    # PackedDataset). A kernel: items took 260 us with numpy scatters, 80 us so (bench_align.py)
+    spans = np.diff(cu_pad)
+    period = max(int(spans.max()) if spans.shape[0] else 0, 1)
     n_labels, bad = kernels.fill_aligned_pack(ids, labels, cu, cu_pad, ids_row, labels_row, pos_row, pad_id,
-                                              fmt.IGNORE_INDEX)
+                                              fmt.IGNORE_INDEX, period)
     if bad >= 0:
         s, row = reader.locate(index if index >= 0 else index + len(reader))
         raise PackerError(f"{reader.shard_paths[s]}: row {row}, sequence {int(bad)} has a trained label at its "
                           "first token; not packer output, re-run 'packer pack'")
     if length > total:
-        cu_out = np.append(cu_pad, np.int32(length)).astype(np.int32)
-        cu_real = np.append(cu, np.int32(n + length - total)).astype(np.int32)
+        tail = np.arange(period, length - total, period, dtype=np.int64)
+        tail = np.append(tail, length - total)  # the padding segments' ends, from the end of the last span
+        cu_out = np.concatenate([cu_pad, total + tail]).astype(np.int32)
+        cu_real = np.concatenate([cu, n + tail]).astype(np.int32)  # padding segments count whole in both
     else:
         cu_out, cu_real = np.array(cu_pad, dtype=np.int32), np.array(cu, dtype=np.int32)
     cu_t = torch.from_numpy(cu_out)
