@@ -166,7 +166,8 @@ def sequences(folder) -> dict:
     _, t = read_packed(folder)
     out = {}
     for r in range(t.num_rows):
-        ids, lab, cu, si, so = (np.asarray(t.column(c)[r].values) for c in fmt.COLUMNS)
+        ids, lab, cu, si, so = (np.asarray(t.column(c)[r].values)
+                                for c in (fmt.INPUT_IDS, fmt.LABELS, fmt.CU_SEQLENS, fmt.SEQ_INDEX, fmt.SEQ_OFFSET))
         for k in range(len(si)):
             key = (int(si[k]), int(so[k]))
             assert key not in out
