@@ -426,7 +426,7 @@ def _cu_problem(cu: np.ndarray, n: int, bad: int) -> str:
     shown = ", ".join(str(int(v)) for v in cu[max(0, bad - 2) : bad + 3])
     if bad == 0:
         why = f"starts at {int(cu[0])}, not 0"
-    elif bad == cu.shape[0] - 1 and 0 < cu[bad] - cu[bad - 1] and cu[bad] != n:
+    elif bad == cu.shape[0] - 1 and int(cu[bad - 1]) < int(cu[bad]) and cu[bad] != n:
         why = f"ends at {int(cu[bad])}, but the pack has {n:,} tokens"
     else:
         why = f"does not strictly increase within 0..{n:,} at entry {bad} ([..., {shown}, ...])"
