@@ -264,9 +264,10 @@ STATS_COUNTS = (
     "sequences_in", "tokens_in", "empty_sequences_skipped", "sequences_dropped", "tokens_dropped",
     "sequences_truncated", "tokens_truncated", "sequences_split", "sequences_out", "tokens_out", "packs", "capacity",
     "lower_bound_packs", "padding_tokens", "sequences_per_pack_min", "sequences_per_pack_max", "max_length_in",
+    "packs_over_lower_bound",
 )
 """Statistics (:func:`packer.stats.compute_stats`) that are non-negative integers; all are required."""
-STATS_OPTIONAL_COUNTS = ("label_tokens", "packs_over_lower_bound")
+STATS_OPTIONAL_COUNTS = ("label_tokens",)
 STATS_NUMBERS = (
     "packing_efficiency", "padding_overhead", "sequences_per_pack_mean", "packs_all_short", "mean_length_in",
     "data_loss_sequences", "data_loss_tokens",

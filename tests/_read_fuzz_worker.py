@@ -91,7 +91,7 @@ def regions(path: Path) -> dict[str, tuple[int, int]]:
     table = pa.ipc.open_stream(buf).read_all()
     out = {}
     for name, key in ((fmt.CU_SEQLENS, "cu"), (fmt.INPUT_IDS, "ids"), (fmt.LABELS, "labels"),
-                      (fmt.SEQ_INDEX, "seq")):
+                      (fmt.SEQ_INDEX, "seq"), (fmt.SEQ_OFFSET, "seqoff")):
         arr = table.column(name).chunk(0)
         off = arr.buffers()[1]
         vals = arr.values.buffers()[1]
@@ -396,11 +396,13 @@ def run_case(folder: Path, info: dict, reference: list[dict], base_regions: list
     if not diff:
         return "ok", ""
     changed = info["changed"]
-    in_values = changed is not None and all(
-        any(a <= w < b for a, b in (base_regions[changed[0]]["ids values"], base_regions[changed[0]]["labels values"]))
-        for w in changed[1])
-    if in_values and diff <= {"input_ids", "labels", "num_label_tokens"}:
-        return "explained", f"{sorted(diff)} changed; the damage lies in token/label values"
+    if changed is not None and diff <= {"input_ids", "labels", "num_label_tokens"}:
+        r = base_regions[changed[0]]
+        values = [r["ids values"], r["labels values"]]
+        unread = [r[k] for k in ("seq offsets", "seq values", "seqoff offsets", "seqoff values")]  # not in items
+        inside = lambda w, spans: any(a <= w < b for a, b in spans)  # noqa: E731
+        if all(inside(w, values + unread) for w in changed[1]) and any(inside(w, values) for w in changed[1]):
+            return "explained", f"{sorted(diff)} changed; the damage lies in token/label values"
     if info.get("restated") and diff <= {"input_ids", "labels", "position_ids", "cu_seqlens", "max_seqlen"}:
         return "ok", "the manifest says another capacity, consistently"
     return "silent", f"{sorted(diff)} differ from the original folder"
