@@ -111,9 +111,9 @@ def _list_column(path: Path, batch: pa.RecordBatch, name: str, row_start: int, d
     # offsets come from disk: in range and non-decreasing, or numpy slices (and the kernels) read other rows
     if offsets[0] < 0 or offsets[-1] > values.shape[0]:
         raise _damaged(path, None, f"column {name!r} has offsets outside its {values.shape[0]:,} values")
-    down = np.flatnonzero(offsets[1:] < offsets[:-1])
-    if down.shape[0]:
-        raise _damaged(path, row_start + int(down[0]), f"column {name!r} has decreasing offsets")
+    down = offsets[1:] < offsets[:-1]
+    if down.any():
+        raise _damaged(path, row_start + int(np.argmax(down)), f"column {name!r} has decreasing offsets")
     return _Column(offsets=offsets, values=values)
 
 
@@ -164,16 +164,16 @@ def _open_shard_fd(fd: int, st: os.stat_result, path: Path, *, rows: int | None,
             record=batch,
         )
         tokens = np.diff(b.ids.offsets)
-        for bad, what in (
+        limit = capacity if capacity is not None else fmt.MAX_CAPACITY
+        checks = (
             (np.diff(b.labels.offsets) != tokens, "labels and input_ids differ in length"),
-            (tokens < 1, "the pack is empty"),
-            (tokens > (capacity if capacity is not None else fmt.MAX_CAPACITY),
-             f"the pack holds more tokens than the capacity {capacity or fmt.MAX_CAPACITY:,} in {fmt.MANIFEST_FILE}"),
+            ((tokens < 1) | (tokens > limit),
+             f"the pack holds 0 or more tokens than the capacity {limit:,} in {fmt.MANIFEST_FILE}"),
             (np.diff(b.cu.offsets) < 2, f"{fmt.CU_SEQLENS} has fewer than 2 entries"),
-        ):
-            at = np.flatnonzero(bad)
-            if at.shape[0]:
-                raise _damaged(path, start + int(at[0]), what)
+        )
+        if any(bad.any() for bad, _ in checks):  # one pass each; the row is looked up only for the message
+            bad, what = next((bad, what) for bad, what in checks if bad.any())
+            raise _damaged(path, start + int(np.argmax(bad)), what)
         batches.append(b)
         starts.append(start)
         start += batch.num_rows
