@@ -408,6 +408,15 @@ def manifest_field_problems(manifest) -> list[tuple[str, str]]:
         add(f"stats.padding_tokens is {stats['padding_tokens']:,}, but {stats['packs']:,} packs of "
                         f"{capacity:,} tokens holding {stats['tokens_out']:,} tokens leave "
                         f"{stats['packs'] * capacity - stats['tokens_out']:,}")
+    lost = stats["tokens_dropped"] + stats["tokens_truncated"]
+    if stats["tokens_in"] != stats["tokens_out"] + lost:
+        add(f"stats.tokens_in is {stats['tokens_in']:,}, but tokens_out + tokens_dropped + tokens_truncated is "
+            f"{stats['tokens_out'] + lost:,}")
+    kept = stats["sequences_in"] - stats["empty_sequences_skipped"] - stats["sequences_dropped"]
+    if not 0 <= kept <= stats["sequences_out"]:
+        add(f"stats.sequences_in is {stats['sequences_in']:,}: minus {stats['empty_sequences_skipped']:,} empty and "
+            f"{stats['sequences_dropped']:,} dropped it leaves {kept:,} rows for {stats['sequences_out']:,} packed "
+            "sequences")
     if sums is not None:
         for key, total in (("packs", sums[SHARD_ROWS]), ("tokens_out", sums["tokens"]),
                            ("sequences_out", sums["sequences"])):

@@ -689,7 +689,11 @@ def recover_lengths(manifest: dict, seg_lengths: np.ndarray, seq_index: np.ndarr
     stats = manifest[fmt.MANIFEST_STATS]
     capacity = int(manifest[fmt.MANIFEST_CONFIG]["capacity"])
     n_rows = int(stats["sequences_in"])
-    lengths = np.zeros(n_rows, dtype=np.int64)
+    try:
+        lengths = np.zeros(n_rows, dtype=np.int64)
+    except (MemoryError, ValueError):
+        raise PackerError(f"the manifest counts {n_rows:,} input rows, too many to hold their lengths; the folder is "
+                          "damaged, re-run 'packer pack'") from None
     if seq_index.size and (seq_index.min() < 0 or seq_index.max() >= n_rows):
         raise PackerError(f"{fmt.SEQ_INDEX} holds a row outside [0, {n_rows:,}); the folder is damaged")
     np.add.at(lengths, seq_index, seg_lengths)

@@ -22,7 +22,7 @@ Then it reads the copy through ``PackedDataset`` (every item), a ``DataLoader`` 
 * ``ok``: every reader succeeded and every item equals the undamaged folder's;
 * ``error``: refused with a PackerError (exit 2; verify exit 1), no traceback;
 * ``explained``: items differ from the original only in ``input_ids``/``labels`` values, a damaged byte lies in those
-  columns' value buffers, and every offset and ``cu_seqlens`` entry of the shard is as before: only the shard
+  columns' value buffers, and every offset and ``cu_seqlens`` entry that items read is as before: only the shard
   checksums can see that (``verify=True`` / ``packer verify``);
 * failures: ``silent`` (any other difference), ``traceback`` (another exception, or a traceback printed),
   ``verify missed`` (the dataset refused the folder, or an unsealed shard changed, and verify exited 0).
@@ -65,6 +65,7 @@ MANIFEST_EDITS = (
     "stats missing", "stats key missing", "stats nan", "stats str", "stats list", "config list", "shards dict",
     "shards empty", "shard entry list", "version str", "format missing", "deep 50", "deep 100000", "huge",
     "run list", "input str", "columns missing", "overflow bad", "padding wrong", "not json", "empty file",
+    "stats zero", "stats huge",
 )
 FILE_KINDS = ("symlink out", "symlink in", "fifo", "folder", "devzero", "missing", "manifest fifo",
               "manifest symlink", "empty shard")
@@ -102,10 +103,11 @@ def regions(path: Path) -> dict[str, tuple[int, int]]:
 
 
 def structure(path: Path) -> list:
-    """Everything in a shard but the token and label values: each column's row offsets, cu_seqlens values."""
+    """Everything an item is built from but the token and label values: the row offsets of input_ids, labels and
+    cu_seqlens, and cu_seqlens' values (items do not read seq_index or seq_offset; report and verify do)."""
     table = pa.ipc.open_stream(pa.py_buffer(path.read_bytes())).read_all()
     out = [table.num_rows]
-    for name in fmt.COLUMNS:
+    for name in (fmt.INPUT_IDS, fmt.LABELS, fmt.CU_SEQLENS):
         column = table.column(name).combine_chunks()
         out.append(column.offsets.to_pylist())
         if name == fmt.CU_SEQLENS:
@@ -199,6 +201,8 @@ def edit_manifest(folder: Path, edit: str, rng) -> None:
         stats[str(rng.choice(sorted(stats)))] = float("nan")
     elif edit == "stats str":
         stats[str(rng.choice(sorted(stats)))] = "12"
+    elif edit in ("stats zero", "stats huge"):
+        stats[str(rng.choice(sorted(stats)))] = 0 if edit == "stats zero" else 10**12
     elif edit == "stats list":
         m["stats"] = [1, 2]
     elif edit == "config list":
