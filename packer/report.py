@@ -653,8 +653,8 @@ def report_from_lengths(
 
 
 def is_packed_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder holding a packer manifest."""
-    return (Path(path) / fmt.MANIFEST_FILE).is_file()
+    """Whether ``path`` is a folder holding a packer manifest (of any file type: reading it checks that)."""
+    return Path(path).is_dir() and os.path.lexists(Path(path) / fmt.MANIFEST_FILE)
 
 
 def _read_plan_columns(reader: PackedReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
