@@ -166,14 +166,17 @@ def _open_shard_fd(fd: int, st: os.stat_result, path: Path, *, rows: int | None,
         tokens = np.diff(b.ids.offsets)
         limit = capacity if capacity is not None else fmt.MAX_CAPACITY
         checks = (
-            (np.diff(b.labels.offsets) != tokens, "labels and input_ids differ in length"),
-            ((tokens < 1) | (tokens > limit),
-             f"the pack holds 0 or more tokens than the capacity {limit:,} in {fmt.MANIFEST_FILE}"),
-            (np.diff(b.cu.offsets) < 2, f"{fmt.CU_SEQLENS} has fewer than 2 entries"),
+            np.diff(b.labels.offsets) != tokens,
+            (tokens < 1) | (tokens > limit),
+            np.diff(b.cu.offsets) < 2,
         )
-        if any(bad.any() for bad, _ in checks):  # one pass each; the row is looked up only for the message
-            bad, what = next((bad, what) for bad, what in checks if bad.any())
-            raise _damaged(path, start + int(np.argmax(bad)), what)
+        if any(bad.any() for bad in checks):  # one pass each; the row and the words only for the message
+            k = next(k for k, bad in enumerate(checks) if bad.any())
+            r = int(np.argmax(checks[k]))
+            what = ("labels and input_ids differ in length",
+                    f"the pack holds {int(tokens[r]):,} tokens; a pack holds 1 to the capacity {limit:,} in "
+                    f"{fmt.MANIFEST_FILE}", f"{fmt.CU_SEQLENS} has fewer than 2 entries")[k]
+            raise _damaged(path, start + r, what)
         batches.append(b)
         starts.append(start)
         start += batch.num_rows

@@ -230,6 +230,12 @@ def test_capacity_the_stats_contradict_is_a_verify_defect(tmp_path, versions):
     # restated consistently (config and stats), it is what the manifest says: opens, items that long
     rewrite_manifest(folder, lambda m: set_capacity(m, 1000))
     assert verify_packed(folder).ok and PackedReader(folder).capacity == 1000
+    longest = int(PackedReader(folder).num_tokens().max())
+    rewrite_manifest(folder, lambda m: set_capacity(m, longest - 1))  # the totals still fit, one pack does not
+    with pytest.raises(PackerError, match=rf"row \d+: the pack holds {longest} tokens; a pack holds 1 to the "
+                       rf"capacity {longest - 1}"):
+        PackedReader(folder)
+    assert "capacity" in verify_packed(folder).failed()
     rewrite_manifest(folder, lambda m: set_capacity(m, 8))  # below the longest pack: refused on open
     with pytest.raises(PackerError, match=r"stats\.padding_tokens is -\d+, not a non-negative integer"):
         PackedReader(folder)
