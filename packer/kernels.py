@@ -390,7 +390,8 @@ def fill_padded_pack(input_ids, labels, cu_seqlens, ids_out, labels_out, positio
 def check_cu_seqlens(cu_seqlens, n):
     """Index of the first entry of ``cu_seqlens`` (int32 (k + 1,)) that breaks "starts at 0, strictly increases,
     ends at ``n``", or -1 when it is sound (k >= 1). The readers call it on offsets read from disk before any kernel
-    indexes with them; a loop that stops at the first bad entry, 0.1 us for a 100-sequence pack."""
+    indexes with them; a loop that stops at the first bad entry: 0.27 us per call for a 100-sequence pack, 0.22 us of
+    it numba's dispatch (timeit on this 2-core machine)."""
     k = cu_seqlens.shape[0]
     if k < 2 or cu_seqlens[0] != 0:
         return 0
