@@ -31,9 +31,17 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/fuzz_read"))
     ap.add_argument("--json", type=Path, help="write every case's result here")
+    ap.add_argument("--timeout", type=float, default=120, help="seconds a case may take before it counts as a hang")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    results = drive(seed=args.seed, cases=args.cases, workdir=args.workdir)
+
+    def log(r: dict) -> None:  # failures as they happen, progress every 100 cases
+        if r["outcome"] not in GOOD:
+            print(f"FAIL case {r['case']} {r['name']}: {r['outcome']}: {r['detail'][-300:]}", flush=True)
+        elif r["case"] % 100 == 99:
+            print(f"... {r['case'] + 1} cases, {time.perf_counter() - t0:.0f}s", flush=True)
+
+    results = drive(seed=args.seed, cases=args.cases, workdir=args.workdir, timeout=args.timeout, log=log)
     seconds = time.perf_counter() - t0
     counts = collections.Counter(r["outcome"] for r in results)
     kinds = collections.Counter(r["name"].split()[0] for r in results)
@@ -45,7 +53,7 @@ def main() -> int:
           + (", ".join(f"{k} {v}" for k, v in sorted(explained.items())) or "none"))
     bad = [r for r in results if r["outcome"] not in GOOD]
     for r in bad:
-        print(f"FAIL case {r['case']} {r['name']}: {r['outcome']}: {r['detail'][-800:]}")
+        print(f"failed: case {r['case']} {r['name']}: {r['outcome']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 1 if bad else 0

@@ -127,8 +127,10 @@ def _map_fd(fd: int, path: Path) -> tuple[pa.Table, pa.Buffer]:
                           "'packer pack'") from None
     buffer = pa.py_buffer(mapped)
     try:
-        return pa.ipc.open_stream(buffer).read_all(), buffer
-    except (OSError, pa.ArrowException) as e:
+        table = pa.ipc.open_stream(buffer).read_all()
+        table.schema.names  # noqa: B018  (decoded here: a damaged name is not UTF-8, a UnicodeDecodeError)
+        return table, buffer
+    except (OSError, ValueError, pa.ArrowException) as e:
         raise PackerError(
             f"{path}: not a readable Arrow stream shard ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
             "it is truncated or damaged, re-run 'packer pack'"
