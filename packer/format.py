@@ -73,19 +73,26 @@ it), 0.9 ms for a 1,000-shard one (0.6 ms to parse), on a busy 2-core machine (`
   stays indented for people) and of key order; ASCII escapes keep file names that are not valid UTF-8
   (surrogate escapes) hashable. The writer hashes the manifest after a JSON round trip, so what it hashes is
   exactly what a reader parses back (floats use ``repr``, which round-trips).
-* Folders written before the checksum existed have no such key: they are read as before (a warning is logged
-  once per folder and process; ``packer verify`` notes it). The key is optional for readers, so adding it did not
-  change :data:`FORMAT_VERSION`: an older packer reading a new folder ignores the key, and the content means
-  the same. The format name and version are checked before the checksum, so a manifest of another version is
-  reported as such (a later version may define the checksum differently).
+* Folders written before the checksum existed have no such key. Readers refuse them by default (a manifest
+  whose key was deleted cannot be told from an old one); ``allow_unsealed=True`` (``--allow-unsealed`` on the
+  command line) reads them as before, with a warning, and ``packer verify DIR --reseal`` adds the key for good.
+  Adding the key did not change :data:`FORMAT_VERSION`: an older packer reading a new folder ignores it, and the
+  content means the same. The format name and version are checked before the checksum, so a manifest of another
+  version is reported as such (a later version may define the checksum differently).
 * A deliberate edit can be re-sealed with ``packer verify DIR --reseal`` (which verifies the folder first) or
   :func:`seal_manifest`.
+
+The manifest's schema (:func:`manifest_problems`) is checked by every reader after the checksum: a sealed manifest
+can still be crafted, and a field of the wrong type or range must be a PackerError naming it, not a TypeError, a
+symlink target or a 2 GB item. Files of the folder are opened as regular files only (:func:`open_regular_file`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -245,7 +252,7 @@ def check_manifest_checksum(manifest: dict, path: str | os.PathLike) -> bool:
     if isinstance(stored, str) and len(stored) == CHECKSUM_HEX_DIGITS:
         what = f"its content's {CHECKSUM} checksum is {actual}, its {MANIFEST_CHECKSUM!r} says {stored}"
     else:
-        what = f"its {MANIFEST_CHECKSUM!r} is {stored!r:.80}, not {CHECKSUM_HEX_DIGITS} hex digits"
+        what = f"its {MANIFEST_CHECKSUM!r} is {short_repr(stored)}, not {CHECKSUM_HEX_DIGITS} hex digits"
     folder = Path(path).parent
     raise PackerError(
         f"{path}: the manifest was modified or damaged after packing ({what}); re-run 'packer pack' with "
@@ -285,43 +292,320 @@ def pad_to_multiple_of(manifest: dict) -> int | None:
     return config.get(CONFIG_PAD_TO_MULTIPLE_OF) if isinstance(config, dict) else None
 
 
-def read_manifest(folder: str | os.PathLike, *, checksum: bool = True) -> dict:
-    """Read and check a packed folder's manifest.
+MAX_MANIFEST_BYTES = 64 << 20
+"""A manifest larger than this is refused unread: a 1,000-shard manifest is about 0.4 MB."""
+MAX_MANIFEST_DEPTH = 32
+"""Deepest nesting of objects and lists a manifest may have (packer writes 3 levels): a deeper one is refused
+before anything recurses into it."""
+MAX_SHARDS = 99_999
+"""Most shards a folder can have: :data:`SHARD_PATTERN` numbers them with five digits."""
+MAX_CAPACITY = 2**31 - 1
+"""Largest ``config.capacity``: a pack's length is an int32 offset (``cu_seqlens``)."""
+
+# Manifest schema. Every reader (the dataset, ``packer stats``, ``report``, ``verify``) checks these before it uses
+# a field, so that a damaged or crafted manifest is a PackerError naming the field, never a TypeError or KeyError.
+CONFIG_STRINGS = ("strategy", "overflow")
+SHARD_COUNTS = (SHARD_ROWS, "tokens", "sequences", SHARD_BYTES)
+STATS_COUNTS = (
+    "sequences_in", "tokens_in", "empty_sequences_skipped", "sequences_dropped", "tokens_dropped",
+    "sequences_truncated", "tokens_truncated", "sequences_split", "sequences_out", "tokens_out", "packs", "capacity",
+    "lower_bound_packs", "padding_tokens", "sequences_per_pack_min", "sequences_per_pack_max", "max_length_in",
+    "packs_over_lower_bound",
+)
+"""Statistics (:func:`packer.stats.compute_stats`) that are non-negative integers; all are required."""
+STATS_OPTIONAL_COUNTS = ("label_tokens",)
+STATS_NUMBERS = (
+    "packing_efficiency", "padding_overhead", "sequences_per_pack_mean", "packs_all_short", "mean_length_in",
+    "data_loss_sequences", "data_loss_tokens",
+)
+"""Statistics that are finite numbers; all are required."""
+
+
+def short_repr(x) -> str:
+    """A short description of a manifest value for a message (never the repr of a large or deep container)."""
+    if isinstance(x, dict):
+        return f"an object with {len(x):,} key(s)"
+    if isinstance(x, list):
+        return f"a list of {len(x):,}"
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _too_deep(obj, limit: int) -> bool:
+    """Whether ``obj`` (parsed JSON) nests objects/lists deeper than ``limit``; iterative, so it cannot recurse."""
+    stack = [(obj, 1)]
+    while stack:
+        o, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = o.values() if isinstance(o, dict) else o
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _is_count(x, lo: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
+
+def is_finite_number(x) -> bool:
+    """An int or float (not a bool) that is finite: what a numeric manifest field must be."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def manifest_problems(manifest) -> list[str]:
+    """What makes ``manifest`` unusable, as messages naming the field (empty when it is well-formed).
+
+    The schema: ``format`` and ``format_version`` as :data:`FORMAT_NAME` / :data:`FORMAT_VERSION`; ``config`` an
+    object with ``capacity`` an integer in 1..:data:`MAX_CAPACITY` and ``strategy``/``overflow`` strings; ``shards``
+    a list of 1..:data:`MAX_SHARDS` objects where entry ``i`` of ``n`` names exactly ``shard_name(i, n)`` (so every
+    file ``0..n-1`` is listed once and no name leaves the folder) with non-negative integer ``rows``, ``tokens``,
+    ``sequences``, ``bytes`` and a :data:`CHECKSUM_HEX_DIGITS`-digit hex :data:`SHARD_CHECKSUM`; ``stats`` an object
+    with the non-negative integers :data:`STATS_COUNTS` and the finite numbers :data:`STATS_NUMBERS`, whose
+    ``capacity`` and ``padding_tokens`` agree with the config and its own ``packs`` and ``tokens_out``, and whose
+    ``packs``, ``tokens_out`` and ``sequences_out`` are the sums over the shard entries; ``input`` and ``run``
+    objects when present. Whether the shards on disk agree is for the readers to check.
+    """
+    return [message for _, message in manifest_field_problems(manifest)]
+
+
+def manifest_field_problems(manifest) -> list[tuple[str, str]]:
+    """:func:`manifest_problems` as ``(key, message)`` pairs, ``key`` the top-level key at fault (``packer verify``
+    keeps checking the shards when only ``stats`` is at fault)."""
+    if not isinstance(manifest, dict) or manifest.get(MANIFEST_FORMAT) != FORMAT_NAME:
+        return [(MANIFEST_FORMAT, f"not a packer manifest (format is not {FORMAT_NAME!r})")]
+    version = manifest.get(MANIFEST_VERSION)
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        return [(MANIFEST_VERSION, f"format version {short_repr(version)}, but this packer reads version "
+                 f"{FORMAT_VERSION}; re-pack the input with this packer or install the packer version that wrote it")]
+    problems: list[tuple[str, str]] = []
+    key_at_fault = MANIFEST_CONFIG
+
+    def add(message: str) -> None:
+        problems.append((key_at_fault, message))
+
+    for key in (MANIFEST_CONFIG, MANIFEST_SHARDS, MANIFEST_STATS):
+        if key not in manifest:
+            key_at_fault = key
+            add(f"the manifest has no {key!r}")
+    for key in (MANIFEST_INPUT, MANIFEST_RUN):
+        if key in manifest and not isinstance(manifest[key], dict):
+            key_at_fault = key
+            add(f"{key} is {type(manifest[key]).__name__}, not an object")
+    if problems:
+        return problems
+    cfg, shards, stats = manifest[MANIFEST_CONFIG], manifest[MANIFEST_SHARDS], manifest[MANIFEST_STATS]
+    capacity = None
+    key_at_fault = MANIFEST_CONFIG
+    if not isinstance(cfg, dict):
+        add(f"config is {type(cfg).__name__}, not an object")
+    else:
+        capacity = cfg.get(CONFIG_CAPACITY)
+        if not _is_count(capacity, 1) or capacity > MAX_CAPACITY:
+            add(f"config.{CONFIG_CAPACITY} is {short_repr(capacity)}, not an integer in 1..{MAX_CAPACITY:,}")
+            capacity = None
+        for key in CONFIG_STRINGS:
+            if not isinstance(cfg.get(key), str):
+                add(f"config.{key} is {short_repr(cfg.get(key))}, not a string")
+    key_at_fault = MANIFEST_SHARDS
+    sums = {key: 0 for key in SHARD_COUNTS}
+    if not isinstance(shards, list) or not 1 <= len(shards) <= MAX_SHARDS:
+        add(f"shards is {short_repr(shards)}, not a list of 1 to {MAX_SHARDS:,} shard entries")
+        sums = None
+    else:
+        for i, entry in enumerate(shards):
+            if len(problems) >= 20:
+                break
+            if not isinstance(entry, dict):
+                add(f"shard entry {i} is {short_repr(entry)}, not an object")
+                sums = None
+                continue
+            want = shard_name(i, len(shards))
+            if entry.get(SHARD_FILE) != want:
+                add(f"shard entry {i} names file {short_repr(entry.get(SHARD_FILE))}, expected {want!r} "
+                                f"(shard {i} of {len(shards)})")
+            for key in SHARD_COUNTS:
+                if not _is_count(entry.get(key)):
+                    add(f"shard entry {i} has {key} {short_repr(entry.get(key))}, not a non-negative integer")
+                    sums = None
+                elif sums is not None:
+                    sums[key] += entry[key]
+            digest = entry.get(SHARD_CHECKSUM)
+            if not (isinstance(digest, str) and len(digest) == CHECKSUM_HEX_DIGITS
+                    and all(c in "0123456789abcdef" for c in digest)):
+                add(f"shard entry {i} has {SHARD_CHECKSUM} {short_repr(digest)}, not {CHECKSUM_HEX_DIGITS} "
+                                "lowercase hex digits")
+    key_at_fault = MANIFEST_STATS
+    if not isinstance(stats, dict):
+        add(f"stats is {type(stats).__name__}, not an object")
+        return problems
+    stats_ok = True
+    for key in STATS_COUNTS + STATS_OPTIONAL_COUNTS:
+        if (key in stats or key in STATS_COUNTS) and not _is_count(stats.get(key)):
+            add(f"stats.{key} is {short_repr(stats.get(key))}, not a non-negative integer")
+            stats_ok = False
+    for key in STATS_NUMBERS:
+        if not is_finite_number(stats.get(key)):
+            add(f"stats.{key} is {short_repr(stats.get(key))}, not a finite number")
+    if not stats_ok or capacity is None:
+        return problems
+    if stats["capacity"] != capacity:
+        add(f"stats.capacity is {stats['capacity']:,} but config.capacity is {capacity:,}")
+    if stats["padding_tokens"] != stats["packs"] * capacity - stats["tokens_out"]:
+        add(f"stats.padding_tokens is {stats['padding_tokens']:,}, but {stats['packs']:,} packs of "
+                        f"{capacity:,} tokens holding {stats['tokens_out']:,} tokens leave "
+                        f"{stats['packs'] * capacity - stats['tokens_out']:,}")
+    lost = stats["tokens_dropped"] + stats["tokens_truncated"]
+    if stats["tokens_in"] != stats["tokens_out"] + lost:
+        add(f"stats.tokens_in is {stats['tokens_in']:,}, but tokens_out + tokens_dropped + tokens_truncated is "
+            f"{stats['tokens_out'] + lost:,}")
+    kept = stats["sequences_in"] - stats["empty_sequences_skipped"] - stats["sequences_dropped"]
+    if not 0 <= kept <= stats["sequences_out"]:
+        add(f"stats.sequences_in is {stats['sequences_in']:,}: minus {stats['empty_sequences_skipped']:,} empty and "
+            f"{stats['sequences_dropped']:,} dropped it leaves {kept:,} rows for {stats['sequences_out']:,} packed "
+            "sequences")
+    if sums is not None:
+        for key, total in (("packs", sums[SHARD_ROWS]), ("tokens_out", sums["tokens"]),
+                           ("sequences_out", sums["sequences"])):
+            if stats[key] != total:
+                add(f"stats.{key} is {stats[key]:,} but the shard entries add up to {total:,}")
+    return problems
+
+
+def open_regular_file(name: str, *, dir_fd: int | None, folder: str | os.PathLike, what: str = "shard"
+                      ) -> tuple[int, os.stat_result]:
+    """Open ``name`` (in the folder ``dir_fd`` refers to) for reading, as a regular file only.
+
+    A symlink is refused (``lstat``, then ``O_NOFOLLOW``: a shard that points out of the folder is not read), so are
+    FIFOs, sockets and devices (``O_NONBLOCK``: opening a FIFO never waits for a writer). The file opened is the one
+    checked (same device and inode), so a swap between the check and the open is refused too.
+
+    Returns:
+        ``(fd, stat)``: an open descriptor (the caller closes it) and its ``fstat``.
+
+    Raises:
+        PackerError: missing, a symlink or not a regular file, or unreadable; the message names ``folder/name``.
+    """
+    path = Path(folder) / name
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise PackerError(f"{path}: {what} listed in the manifest is missing; the packed folder is incomplete, "
+                          "re-run 'packer pack'") from None
+    except OSError as e:
+        raise PackerError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a symlink" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket")
+        raise PackerError(f"{path}: the {what} is {kind}, not a regular file; a packed folder holds its own files "
+                          "only (copy the folder with its files, e.g. 'cp -rL', or re-run 'packer pack')")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as e:
+        raise PackerError(f"{path}: cannot open the {what} ({e.strerror or e}); it changed while being opened, "
+                          "try again") from None
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
+        os.close(fd)
+        raise PackerError(f"{path}: the {what} was replaced while being opened; try again")
+    return fd, now
+
+
+def open_folder(folder: str | os.PathLike) -> int:
+    """A directory descriptor of ``folder`` (the caller closes it): files opened through it all come from this one
+    folder, even if another process renames a new version into its place meanwhile.
+
+    Raises:
+        PackerError: no such folder, or not a folder.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(folder, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise PackerError(f"{folder}: no such folder") from None
+    except OSError as e:
+        raise PackerError(f"{folder}: cannot open the folder ({e.strerror or e})") from None
+
+
+def read_manifest(folder: str | os.PathLike, *, checksum: bool = True, allow_unsealed: bool = False,
+                  dir_fd: int | None = None) -> dict:
+    """Read and check a packed folder's manifest: its size, JSON, checksum and schema (:func:`manifest_problems`).
 
     Args:
         folder: the packed folder.
         checksum: check :data:`MANIFEST_CHECKSUM` (``packer verify`` turns it off here and reports it as a check
-            of its own, so that the other checks still run on a modified manifest).
+            of its own, so that the other checks still run on a modified manifest; it also skips the schema).
+        allow_unsealed: accept a manifest without :data:`MANIFEST_CHECKSUM` (a folder written by a packer before
+            manifest checksums existed), with a warning. By default it is refused: a deleted key looks the same.
+        dir_fd: a descriptor of ``folder`` (:func:`open_folder`) to read through, so that the manifest and the
+            shards a reader opens through the same descriptor are of one version of the folder.
 
     Raises:
-        PackerError: the path is not a packed folder, its manifest is unreadable, has another format version, was
-            modified or damaged after packing (its checksum differs), or lacks a required key.
+        PackerError: the path is not a packed folder; its manifest is not a regular file, larger than
+            :data:`MAX_MANIFEST_BYTES`, not JSON or nested too deep, of another format version, modified or damaged
+            after packing (its checksum differs), without a checksum (unless ``allow_unsealed``), or malformed (the
+            message names the field).
     """
     folder = Path(folder)
     path = folder / MANIFEST_FILE
-    if not folder.is_dir():
-        raise PackerError(f"{folder}: no such folder")
-    if not path.is_file():
-        raise PackerError(f"{folder}: not a packed folder (no {MANIFEST_FILE}); create one with 'packer pack'")
+    own_fd = dir_fd is None
+    if own_fd:
+        dir_fd = open_folder(folder)
     try:
-        manifest = json.loads(path.read_text())
+        try:
+            os.stat(MANIFEST_FILE, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise PackerError(f"{folder}: not a packed folder (no {MANIFEST_FILE}); create one with 'packer pack'"
+                              ) from None
+        except OSError:
+            pass  # reported by the open below
+        fd, st = open_regular_file(MANIFEST_FILE, dir_fd=dir_fd, folder=folder, what="manifest")
+        try:
+            if st.st_size > MAX_MANIFEST_BYTES:
+                raise PackerError(f"{path}: {st.st_size:,} bytes, more than a manifest can be "
+                                  f"({MAX_MANIFEST_BYTES:,}); not a packer manifest, re-run 'packer pack'")
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        finally:
+            os.close(fd)
+    finally:
+        if own_fd:
+            os.close(dir_fd)
+    try:
+        manifest = json.loads(raw)
+    except RecursionError:
+        raise PackerError(f"{path}: the manifest is nested too deep to be a packer manifest; re-run 'packer pack'"
+                          ) from None
     except (OSError, ValueError) as e:
-        raise PackerError(f"{path}: unreadable manifest ({e}); re-run 'packer pack'") from None
-    if not isinstance(manifest, dict) or manifest.get(MANIFEST_FORMAT) != FORMAT_NAME:
-        raise PackerError(f"{path}: not a packer manifest (format is not {FORMAT_NAME!r})")
-    version = manifest.get(MANIFEST_VERSION)
-    if version != FORMAT_VERSION:
-        raise PackerError(
-            f"{path}: format version {version!r}, but this packer reads version {FORMAT_VERSION}; "
-            "re-pack the input with this packer or install the packer version that wrote it"
-        )
-    if checksum and not check_manifest_checksum(manifest, path):
+        raise PackerError(f"{path}: unreadable manifest ({str(e)[:200]}); re-run 'packer pack'") from None
+    if isinstance(manifest, (dict, list)) and _too_deep(manifest, MAX_MANIFEST_DEPTH):
+        raise PackerError(f"{path}: the manifest nests deeper than {MAX_MANIFEST_DEPTH} levels; not a packer manifest, "
+                          "re-run 'packer pack'")
+    problems = manifest_problems(manifest)
+    if problems and not (isinstance(manifest, dict) and manifest.get(MANIFEST_FORMAT) == FORMAT_NAME
+                         and manifest.get(MANIFEST_VERSION) == FORMAT_VERSION):
+        raise PackerError(f"{path}: {problems[0]}")
+    if not checksum:
+        return manifest
+    try:
+        sealed = check_manifest_checksum(manifest, path)
+    except RecursionError:
+        raise PackerError(f"{path}: the manifest is nested too deep to be a packer manifest; re-run 'packer pack'"
+                          ) from None
+    if not sealed:
+        if not allow_unsealed:
+            raise PackerError(
+                f"{path}: the manifest has no {MANIFEST_CHECKSUM!r}, so an edit or damage of it cannot be detected "
+                f"(a folder written by an older packer, or the key was deleted); check the folder and add one with "
+                f"'packer verify {folder} --reseal', or read it as it is with allow_unsealed=True (--allow-unsealed "
+                "on the command line)")
         key = os.path.abspath(path)
         if key not in _unsealed_warned:
             _unsealed_warned.add(key)
             log.warning("%s has no %s (written by an older packer): edits to it cannot be detected; add one with "
                         "'packer verify %s --reseal' or re-run 'packer pack'", path, MANIFEST_CHECKSUM, folder)
-    for key in (MANIFEST_CONFIG, MANIFEST_SHARDS, MANIFEST_STATS):
-        if key not in manifest:
-            raise PackerError(f"{path}: the manifest has no {key!r}; the folder is damaged, re-run 'packer pack'")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise PackerError(f"{path}: malformed manifest: {shown}; the folder is damaged, re-run 'packer pack' "
+                          f"('packer verify {folder}' lists every problem)")
     return manifest

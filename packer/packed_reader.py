@@ -4,11 +4,32 @@ The I/O layer under :mod:`packer.torch` (it imports no torch). Everything about 
 :mod:`packer.format`: the manifest lists the shards in order with their ``rows``, ``bytes`` and checksum; every
 shard is an Arrow IPC *stream* file with one row per pack.
 
-Opening a folder reads the manifest, checks every listed shard exists and has the size the manifest records, and
-memory-maps the shards (``pa.ipc.open_stream(pa.memory_map(path))``): only the stream's message headers are
-parsed, so opening costs milliseconds and almost no memory however large the folder is; token data is paged in
-when a pack is read. A reader pickles without its memory maps (it reopens them lazily on first use), so it can be
-handed to ``DataLoader`` worker processes cheaply.
+Opening a folder reads the manifest and checks it (its checksum and schema, :func:`packer.format.read_manifest`),
+then opens every listed shard through one descriptor of the folder, as a regular file only (no symlink, FIFO or
+device), checks its size and memory-maps it: only the stream's message headers are parsed, so opening costs
+milliseconds and almost no memory however large the folder is; token data is paged in when a pack is read.
+
+What is checked, and when. Nothing read from disk reaches numba's unchecked indexing before it is checked:
+
+* at open, per shard and vectorised over its offsets (``rows + 1`` integers per column, not the tokens): every
+  list column's offsets are in range and non-decreasing, ``labels`` has as many entries as ``input_ids`` in every
+  pack, every pack holds 1..capacity tokens and at least one sequence; the shards' packs, tokens and sequences
+  equal the manifest's counts.
+* per pack read, before the fill kernel: its ``cu_seqlens`` starts at 0, strictly increases and ends at the pack's
+  length (:func:`packer.kernels.check_cu_seqlens`, 0.27 us for a 100-sequence pack, mostly numba's dispatch).
+* :meth:`PackedReader.attention_costs` and :meth:`PackedReader.sequences` check every pack's ``cu_seqlens`` at
+  once, since they read them all.
+
+Anything else is a :class:`packer.errors.PackerError` naming the shard and the row. What no structural check can
+see is a changed token or label *value*: only the checksums do (``verify=True``, or ``packer verify``).
+
+One version per reader. ``packer pack --overwrite`` swaps a new folder into place while readers may be reading the
+old one. The manifest and all shards are opened through one directory descriptor, so they are of one version; each
+shard's identity (device, inode, size, modification time) is recorded. A reader pickles without its memory maps
+(DataLoader workers under spawn/forkserver), and a worker reopens each shard by path and compares its identity:
+another file there means the folder was replaced, and reading stops with a PackerError that says to reopen the
+dataset, rather than mixing packs of two versions. Fork workers inherit the maps and keep reading the version that
+was opened.
 
 Example:
     >>> r = PackedReader("packed")                                   # doctest: +SKIP
@@ -19,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +49,11 @@ import numpy as np
 import pyarrow as pa
 
 from packer import format as fmt
+from packer import kernels
 from packer.errors import PackerError
 
-_HASH_BLOCK = 8 << 20
+REPLACED = ("the folder was replaced or changed while reading (e.g. by 'packer pack --overwrite'); reopen the "
+            "dataset to read the new version")
 
 
 @dataclass
@@ -46,6 +70,7 @@ class _Batch:
     ids: _Column
     labels: _Column
     cu: _Column
+    record: pa.RecordBatch
 
 
 @dataclass
@@ -55,43 +80,69 @@ class _Shard:
     path: Path
     batches: list[_Batch]
     batch_starts: np.ndarray  # int64 (n_batches,)
-    table: pa.Table  # keeps the memory map alive
+    table: pa.Table
+    buffer: pa.Buffer  # the whole file, memory-mapped (keeps the map alive)
+    identity: tuple  # (st_dev, st_ino, st_size, st_mtime_ns) of the file mapped
 
 
-def _list_column(path: Path, batch: pa.RecordBatch, name: str) -> _Column:
+def _damaged(path: Path, row: int | None, what: str) -> PackerError:
+    where = f"{path}: row {row}: " if row is not None else f"{path}: "
+    return PackerError(f"{where}{what}; the shard is damaged, re-run 'packer pack'")
+
+
+def _list_column(path: Path, batch: pa.RecordBatch, name: str, row_start: int, dtype=np.int32) -> _Column:
     arr = batch.column(batch.schema.get_field_index(name))
     if arr.null_count:
-        raise PackerError(f"{path}: column {name!r} has null rows; the shard is damaged, re-run 'packer pack'")
+        raise _damaged(path, None, f"column {name!r} has null rows")
     # numpy views of the Arrow buffers themselves: Array.to_numpy imports pandas, which took 0.29 s and 26 MiB on
     # the first open in a process. ``offsets`` index the child array from its start (a slice's offset included)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
-    offsets = offsets.astype(np.int64)
     child = arr.values
     if child.null_count:
-        raise PackerError(f"{path}: column {name!r} has null values; the shard is damaged, re-run 'packer pack'")
-    values = np.frombuffer(child.buffers()[1], dtype=np.int32, count=len(child), offset=child.offset * 4)
-    if offsets.shape[0] and (offsets[0] < 0 or offsets[-1] > values.shape[0]):
-        raise PackerError(f"{path}: column {name!r} has offsets outside its values; the shard is damaged")
+        raise _damaged(path, None, f"column {name!r} has null values")
+    width = np.dtype(dtype).itemsize
+    off_buf, val_buf = arr.buffers()[1], child.buffers()[1]
+    # the buffer sizes come from the stream's metadata: smaller than the lengths say is damage, not a ValueError
+    if (off_buf is None or off_buf.size < (arr.offset + len(arr) + 1) * 4
+            or (val_buf.size if val_buf is not None else 0) < (child.offset + len(child)) * width):
+        raise _damaged(path, None, f"column {name!r} has buffers shorter than its lengths")
+    offsets = np.frombuffer(off_buf, dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4).astype(np.int64)
+    values = (np.frombuffer(val_buf, dtype=dtype, count=len(child), offset=child.offset * width) if len(child)
+              else np.zeros(0, dtype=dtype))
+    # offsets come from disk: in range and non-decreasing, or numpy slices (and the kernels) read other rows
+    if offsets[0] < 0 or offsets[-1] > values.shape[0]:
+        raise _damaged(path, None, f"column {name!r} has offsets outside its {values.shape[0]:,} values")
+    down = offsets[1:] < offsets[:-1]
+    if down.any():
+        raise _damaged(path, row_start + int(np.argmax(down)), f"column {name!r} has decreasing offsets")
     return _Column(offsets=offsets, values=values)
 
 
-def open_shard(path: str | os.PathLike, *, rows: int | None = None) -> _Shard:
-    """Memory-map one shard and check its columns (and its row count, when ``rows`` is given).
-
-    Raises:
-        PackerError: the file is missing, not an Arrow stream, truncated, lacks a column or has another type.
-    """
-    path = Path(path)
+def _map_fd(fd: int, path: Path) -> tuple[pa.Table, pa.Buffer]:
+    """The Arrow stream in the open file ``fd``, memory-mapped (zero-copy), and the file's buffer; the caller closes
+    ``fd`` (the map stays valid)."""
     try:
-        source = pa.memory_map(str(path), "r")
-        table = pa.ipc.open_stream(source).read_all()
-    except FileNotFoundError:
-        raise PackerError(f"{path}: shard is missing; the packed folder is incomplete, re-run 'packer pack'") from None
-    except (OSError, pa.ArrowException) as e:
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (ValueError, OSError) as e:  # ValueError: an empty file
+        raise PackerError(f"{path}: not a readable Arrow stream shard ({e}); it is truncated or damaged, re-run "
+                          "'packer pack'") from None
+    buffer = pa.py_buffer(mapped)
+    try:
+        table = pa.ipc.open_stream(buffer).read_all()
+        table.schema.names  # noqa: B018  (decoded here: a damaged name is not UTF-8, a UnicodeDecodeError)
+        return table, buffer
+    except (OSError, ValueError, pa.ArrowException) as e:
         raise PackerError(
-            f"{path}: not a readable Arrow stream shard ({str(e).splitlines()[0]}); it is truncated or damaged, "
-            "re-run 'packer pack'"
+            f"{path}: not a readable Arrow stream shard ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            "it is truncated or damaged, re-run 'packer pack'"
         ) from None
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _open_shard_fd(fd: int, st: os.stat_result, path: Path, *, rows: int | None, capacity: int | None) -> _Shard:
+    table, buffer = _map_fd(fd, path)
     for name in (fmt.INPUT_IDS, fmt.LABELS, fmt.CU_SEQLENS):
         field = table.schema.field(name) if name in table.schema.names else None
         if field is None:
@@ -107,17 +158,52 @@ def open_shard(path: str | os.PathLike, *, rows: int | None = None) -> _Shard:
     for batch in table.to_batches():
         if batch.num_rows == 0:
             continue
-        batches.append(
-            _Batch(
-                row_start=start,
-                ids=_list_column(path, batch, fmt.INPUT_IDS),
-                labels=_list_column(path, batch, fmt.LABELS),
-                cu=_list_column(path, batch, fmt.CU_SEQLENS),
-            )
+        b = _Batch(
+            row_start=start,
+            ids=_list_column(path, batch, fmt.INPUT_IDS, start),
+            labels=_list_column(path, batch, fmt.LABELS, start),
+            cu=_list_column(path, batch, fmt.CU_SEQLENS, start),
+            record=batch,
         )
+        tokens = np.diff(b.ids.offsets)
+        limit = capacity if capacity is not None else fmt.MAX_CAPACITY
+        checks = (
+            np.diff(b.labels.offsets) != tokens,
+            (tokens < 1) | (tokens > limit),
+            np.diff(b.cu.offsets) < 2,
+        )
+        if any(bad.any() for bad in checks):  # one pass each; the row and the words only for the message
+            k = next(k for k, bad in enumerate(checks) if bad.any())
+            r = int(np.argmax(checks[k]))
+            what = ("labels and input_ids differ in length",
+                    f"the pack holds {int(tokens[r]):,} tokens; a pack holds 1 to the capacity {limit:,} in "
+                    f"{fmt.MANIFEST_FILE}", f"{fmt.CU_SEQLENS} has fewer than 2 entries")[k]
+            raise _damaged(path, start + r, what)
+        batches.append(b)
         starts.append(start)
         start += batch.num_rows
-    return _Shard(path=path, batches=batches, batch_starts=np.asarray(starts, dtype=np.int64), table=table)
+    return _Shard(path=path, batches=batches, batch_starts=np.asarray(starts, dtype=np.int64), table=table,
+                  buffer=buffer, identity=_identity(st))
+
+
+def open_shard(path: str | os.PathLike, *, rows: int | None = None, capacity: int | None = None) -> _Shard:
+    """Memory-map one shard (a regular file, not a symlink) and check its columns' offsets (and its row count,
+    when ``rows`` is given; every pack's length against ``capacity``, when given).
+
+    Raises:
+        PackerError: the file is missing, not a regular file, not an Arrow stream, truncated, lacks a column or has
+            another type, or has offsets that are out of range (the message names the row).
+    """
+    path = Path(path)
+    dfd = fmt.open_folder(path.parent)
+    try:
+        fd, st = fmt.open_regular_file(path.name, dir_fd=dfd, folder=path.parent)
+    finally:
+        os.close(dfd)
+    try:
+        return _open_shard_fd(fd, st, path, rows=rows, capacity=capacity)
+    finally:
+        os.close(fd)
 
 
 class PackedReader:
@@ -126,11 +212,16 @@ class PackedReader:
     Args:
         path: the packed folder (written by ``packer pack`` / :func:`packer.convert.pack_dataset`).
         verify: also hash every shard and compare with the manifest's checksum (reads the whole folder once).
+            Needed to notice a changed token or label value, which no structural check can see.
+        allow_unsealed: accept a manifest without its checksum (a folder of a packer before manifest checksums;
+            ``packer verify DIR --reseal`` adds one). Refused by default.
 
     Raises:
         PackerError: not a packed folder, another format version, a manifest modified or damaged after packing (its
-            own checksum differs), a shard missing, truncated, of the wrong size or
-            (with ``verify``) with another checksum. The message names the file.
+            own checksum differs) or without a checksum, a malformed manifest (the message names the field), a shard
+            missing, not a regular file, truncated, of the wrong size, with offsets out of range or (with
+            ``verify``) with another checksum, or a folder replaced while it was being opened. The message names the
+            file (and the row).
 
     Attributes:
         path: the folder.
@@ -140,64 +231,70 @@ class PackedReader:
         row_starts: int64 (n_shards + 1,), shard ``s`` holds packs ``row_starts[s]:row_starts[s + 1]``.
     """
 
-    def __init__(self, path: str | os.PathLike, *, verify: bool = False):
+    def __init__(self, path: str | os.PathLike, *, verify: bool = False, allow_unsealed: bool = False):
         self.path = Path(path)
-        self.manifest = fmt.read_manifest(self.path)
-        manifest_path = self.path / fmt.MANIFEST_FILE
-        config = self.manifest[fmt.MANIFEST_CONFIG]
-        capacity = config.get(fmt.CONFIG_CAPACITY) if isinstance(config, dict) else None
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
-            raise PackerError(f"{manifest_path}: config has no positive {fmt.CONFIG_CAPACITY!r}; re-run 'packer pack'")
-        self.capacity = capacity
-        shards = self.manifest[fmt.MANIFEST_SHARDS]
-        if not isinstance(shards, list) or not shards:
-            raise PackerError(f"{manifest_path}: the manifest lists no shards; re-run 'packer pack'")
-        paths, rows = [], []
-        for k, entry in enumerate(shards):
-            try:
-                name, n, size = entry[fmt.SHARD_FILE], entry[fmt.SHARD_ROWS], entry[fmt.SHARD_BYTES]
-            except (TypeError, KeyError):
-                raise PackerError(
-                    f"{manifest_path}: shard entry {k} lacks {fmt.SHARD_FILE!r}, {fmt.SHARD_ROWS!r} or "
-                    f"{fmt.SHARD_BYTES!r}; re-run 'packer pack'"
-                ) from None
-            if not isinstance(name, str) or os.path.basename(name) != name:
-                raise PackerError(f"{manifest_path}: shard entry {k} has a bad file name {name!r}")
-            p = self.path / name
-            try:
-                on_disk = p.stat().st_size
-            except FileNotFoundError:
-                raise PackerError(
-                    f"{p}: shard listed in the manifest is missing; the packed folder is incomplete, re-run "
-                    "'packer pack'"
-                ) from None
-            if on_disk != size:
-                raise PackerError(
-                    f"{p}: {on_disk:,} bytes on disk but the manifest records {size:,}; the shard is truncated or "
-                    "was replaced, re-run 'packer pack'"
-                )
-            if verify:
-                want = entry.get(fmt.SHARD_CHECKSUM)
-                got = fmt.file_checksum(p)
-                if got != want:
-                    raise PackerError(
-                        f"{p}: {fmt.CHECKSUM} checksum {got[:16]}... does not match the manifest's {str(want)[:16]}...; the shard "
-                        "is damaged, re-run 'packer pack'"
-                    )
-            paths.append(p)
-            rows.append(int(n))
-        self.shard_paths = paths
-        self.shard_rows = np.asarray(rows, dtype=np.int64)
-        self.row_starts = np.zeros(len(rows) + 1, dtype=np.int64)
+        dfd = fmt.open_folder(self.path)
+        try:
+            self._open(dfd, verify=verify, allow_unsealed=allow_unsealed)
+        except PackerError as e:
+            if self._replaced(dfd):
+                raise PackerError(f"{self.path}: {REPLACED} ({e})") from None
+            raise
+        finally:
+            os.close(dfd)
+
+    def _replaced(self, dfd: int) -> bool:
+        """Whether ``self.path`` is no longer the folder ``dfd`` was opened on."""
+        try:
+            now, then = os.stat(self.path), os.fstat(dfd)
+        except OSError:
+            return True
+        return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
+
+    def _open(self, dfd: int, *, verify: bool, allow_unsealed: bool) -> None:
+        self.manifest = fmt.read_manifest(self.path, allow_unsealed=allow_unsealed, dir_fd=dfd)
+        self.capacity = self.manifest[fmt.MANIFEST_CONFIG][fmt.CONFIG_CAPACITY]
+        entries = self.manifest[fmt.MANIFEST_SHARDS]  # well-formed: read_manifest checked the schema
+        self.shard_paths = [self.path / e[fmt.SHARD_FILE] for e in entries]
+        self.shard_rows = np.asarray([e[fmt.SHARD_ROWS] for e in entries], dtype=np.int64)
+        self.row_starts = np.zeros(len(entries) + 1, dtype=np.int64)
         np.cumsum(self.shard_rows, out=self.row_starts[1:])
         self._row_starts_list = self.row_starts.tolist()
-        self._shards: list[_Shard | None] = [None] * len(paths)
-        # open (and so check) every shard now, so that a damaged folder fails here rather than mid-epoch
-        for s in range(len(paths)):
-            self._shard(s)
+        self._shards: list[_Shard | None] = [None] * len(entries)
+        # open (and so check) every shard now, through the folder's descriptor, so that a damaged folder fails here
+        # rather than mid-epoch and all shards are of the manifest's version
+        for s, entry in enumerate(entries):
+            p = self.shard_paths[s]
+            fd, st = fmt.open_regular_file(entry[fmt.SHARD_FILE], dir_fd=dfd, folder=self.path)
+            try:
+                if st.st_size != entry[fmt.SHARD_BYTES]:
+                    raise PackerError(
+                        f"{p}: {st.st_size:,} bytes on disk but the manifest records {entry[fmt.SHARD_BYTES]:,}; the "
+                        "shard is truncated or was replaced, re-run 'packer pack'"
+                    )
+                shard = _open_shard_fd(fd, st, p, rows=entry[fmt.SHARD_ROWS], capacity=self.capacity)
+            finally:
+                os.close(fd)
+            tokens = sum(int(b.ids.offsets[-1] - b.ids.offsets[0]) for b in shard.batches)
+            sequences = sum(int(b.cu.offsets[-1] - b.cu.offsets[0]) - b.record.num_rows for b in shard.batches)
+            for key, have in (("tokens", tokens), ("sequences", sequences)):
+                if have != entry[key]:
+                    raise PackerError(f"{p}: holds {have:,} {key} but the manifest records {entry[key]:,}; the shard "
+                                      "is damaged or was replaced, re-run 'packer pack'")
+            if verify:
+                h = fmt.new_checksum()
+                h.update(shard.buffer)  # the bytes just mapped and checked, not the path again
+                got, want = h.hexdigest(), entry[fmt.SHARD_CHECKSUM]
+                if got != want:
+                    raise PackerError(
+                        f"{p}: {fmt.CHECKSUM} checksum {got[:16]}... does not match the manifest's {want[:16]}...; the "
+                        "shard is damaged, re-run 'packer pack'"
+                    )
+            self._shards[s] = shard
+        self._identity = [sh.identity for sh in self._shards]
 
-    # Pickling (DataLoader workers under spawn/forkserver) carries the manifest and offsets but no memory map;
-    # each process maps the shards again on first use.
+    # Pickling (DataLoader workers under spawn/forkserver) carries the manifest, offsets and shard identities but no
+    # memory map; each process maps the shards again on first use and checks they are the files opened here.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_shards"] = [None] * len(self.shard_paths)
@@ -214,8 +311,26 @@ class PackedReader:
     def _shard(self, s: int) -> _Shard:
         shard = self._shards[s]
         if shard is None:
-            shard = self._shards[s] = open_shard(self.shard_paths[s], rows=int(self.shard_rows[s]))
+            shard = self._shards[s] = self._reopen(s)
         return shard
+
+    def _reopen(self, s: int) -> _Shard:
+        """Shard ``s`` mapped again by path (in a worker process), if it is still the file opened at first."""
+        p = self.shard_paths[s]
+        try:
+            dfd = fmt.open_folder(self.path)
+            try:
+                fd, st = fmt.open_regular_file(p.name, dir_fd=dfd, folder=self.path)
+            finally:
+                os.close(dfd)
+        except PackerError as e:
+            raise PackerError(f"{p}: {REPLACED} ({e})") from None
+        try:
+            if _identity(st) != self._identity[s]:
+                raise PackerError(f"{p}: not the file this reader opened: {REPLACED}")
+            return _open_shard_fd(fd, st, p, rows=int(self.shard_rows[s]), capacity=self.capacity)
+        finally:
+            os.close(fd)
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(shard, row)`` of global pack ``index`` (0 <= index < len(self))."""
@@ -224,11 +339,12 @@ class PackedReader:
 
     def pack(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pack ``index`` as read-only zero-copy views: ``input_ids``, ``labels`` (int32, (tokens,)) and
-        ``cu_seqlens`` (int32, (sequences + 1,), from 0 to tokens, no padding).
+        ``cu_seqlens`` (int32, (sequences + 1,), from 0 to tokens, strictly increasing, no padding).
 
         Raises:
             IndexError: index out of range.
-            PackerError: the pack's lists disagree (a damaged shard); the message names shard and row.
+            PackerError: the pack's ``cu_seqlens`` is not 0, strictly increasing, its length (a damaged shard); the
+                message names shard and row.
         """
         n = self._row_starts_list[-1]
         if index < 0:
@@ -244,19 +360,18 @@ class PackedReader:
         else:
             b = shard.batches[int(np.searchsorted(shard.batch_starts, row, side="right")) - 1]
             row -= b.row_start
+        # offsets were checked at open: in range, non-decreasing, labels as long as input_ids, >= 2 cu entries
         a0, a1 = b.ids.offsets[row], b.ids.offsets[row + 1]
-        c0, c1 = b.cu.offsets[row], b.cu.offsets[row + 1]
+        l0 = b.labels.offsets[row]
         ids = b.ids.values[a0:a1]
-        labels = b.labels.values[b.labels.offsets[row] : b.labels.offsets[row + 1]]
-        cu = b.cu.values[c0:c1]
-        if c1 - c0 < 2 or cu[0] != 0 or cu[-1] != a1 - a0 or labels.shape[0] != ids.shape[0]:
-            raise PackerError(
-                f"{shard.path}: row {row + b.row_start} has inconsistent input_ids/labels/cu_seqlens; the shard is "
-                "damaged, re-run 'packer pack'"
-            )
+        labels = b.labels.values[l0 : l0 + (a1 - a0)]
+        cu = b.cu.values[b.cu.offsets[row] : b.cu.offsets[row + 1]]
+        bad = kernels.check_cu_seqlens(cu, a1 - a0)
+        if bad >= 0:
+            raise _damaged(shard.path, row + b.row_start, _cu_problem(cu, int(a1 - a0), bad))
         return ids, labels, cu
 
-    def sequences(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def pack_sequences(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``seq_index`` (int64) and ``seq_offset`` (int32) of pack ``index``, one entry per sequence (see
         :mod:`packer.format`): the input row each sequence came from and its first token's offset in that row.
 
@@ -278,25 +393,63 @@ class PackedReader:
     def _per_shard(self, fn) -> np.ndarray:
         parts = []
         for s in range(self.n_shards):
-            for b in self._shard(s).batches:
-                parts.append(fn(b))
+            shard = self._shard(s)
+            for b in shard.batches:
+                parts.append(fn(shard, b))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def num_tokens(self) -> np.ndarray:
         """Real (unpadded) tokens per pack, int64 (n_packs,), from the list offsets alone."""
-        return self._per_shard(lambda b: np.diff(b.ids.offsets))
+        return self._per_shard(lambda sh, b: np.diff(b.ids.offsets))
 
     def num_sequences(self) -> np.ndarray:
         """Sequences per pack, int64 (n_packs,)."""
-        return self._per_shard(lambda b: np.diff(b.cu.offsets) - 1)
+        return self._per_shard(lambda sh, b: np.diff(b.cu.offsets) - 1)
 
     def attention_costs(self) -> np.ndarray:
         """Sum of squared sequence lengths per pack, int64 (n_packs,): the variable part of a pack's attention cost.
 
         Every pack is padded to the same capacity, so the cost linear in tokens (MLP, projections) is the same for
-        all packs; what differs is attention, quadratic in each sequence's length. Read from ``cu_seqlens`` only.
+        all packs; what differs is attention, quadratic in each sequence's length. Read from ``cu_seqlens`` only,
+        all of which are checked (a PackerError names the first damaged shard and row).
         """
-        return self._per_shard(_squared_lengths)
+
+        def costs(shard: _Shard, b: _Batch) -> np.ndarray:
+            lengths = _sequence_lengths(shard, b)
+            starts = b.cu.offsets[:-1] - b.cu.offsets[0] - np.arange(b.cu.offsets.shape[0] - 1)
+            return np.add.reduceat(lengths * lengths, starts)
+
+        return self._per_shard(costs)
+
+    def sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every packed sequence: ``(lengths, pack_offsets, seq_index)``.
+
+        ``lengths`` (int64 (sequences,)) in pack order from ``cu_seqlens`` (all checked); pack ``p`` holds sequences
+        ``pack_offsets[p]:pack_offsets[p + 1]`` (int64 (packs + 1,)); ``seq_index`` (int64 (sequences,)) is each
+        sequence's input row (the ``seq_index`` column, checked to have one entry per sequence).
+
+        Raises:
+            PackerError: a shard's ``cu_seqlens`` or ``seq_index`` is damaged; the message names shard and row.
+        """
+        lengths, index = [], []
+        for s in range(self.n_shards):
+            shard = self._shard(s)
+            for b in shard.batches:
+                lengths.append(_sequence_lengths(shard, b))
+                if fmt.SEQ_INDEX not in b.record.schema.names or \
+                        b.record.schema.field(fmt.SEQ_INDEX).type != fmt.SCHEMA.field(fmt.SEQ_INDEX).type:
+                    raise PackerError(f"{shard.path}: no {fmt.SEQ_INDEX!r} column of type "
+                                      f"{fmt.SCHEMA.field(fmt.SEQ_INDEX).type}; re-run 'packer pack'")
+                col = _list_column(shard.path, b.record, fmt.SEQ_INDEX, b.row_start, np.int64)
+                bad = np.flatnonzero(np.diff(col.offsets) != np.diff(b.cu.offsets) - 1)
+                if bad.shape[0]:
+                    raise _damaged(shard.path, b.row_start + int(bad[0]),
+                                   f"{fmt.SEQ_INDEX} and {fmt.CU_SEQLENS} disagree on the number of sequences")
+                index.append(col.values[col.offsets[0] : col.offsets[-1]].astype(np.int64))
+        counts = self.num_sequences()
+        offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return np.concatenate(lengths), offsets, np.concatenate(index)
 
     @property
     def pad_to_multiple_of(self) -> int | None:
@@ -393,13 +546,34 @@ def _longest(b: _Batch) -> np.ndarray:
     return np.maximum.reduceat(d, off[:-1] - off[0]) if d.shape[0] else np.zeros(len(off) - 1, dtype=np.int64)
 
 
-def _squared_lengths(b: _Batch) -> np.ndarray:
+def _cu_problem(cu: np.ndarray, n: int, bad: int) -> str:
+    shown = ", ".join(str(int(v)) for v in cu[max(0, bad - 2) : bad + 3])
+    if bad == 0:
+        why = f"starts at {int(cu[0])}, not 0"
+    elif bad == cu.shape[0] - 1 and int(cu[bad - 1]) < int(cu[bad]) and cu[bad] != n:
+        why = f"ends at {int(cu[bad])}, but the pack has {n:,} tokens"
+    else:
+        why = f"does not strictly increase within 0..{n:,} at entry {bad} ([..., {shown}, ...])"
+    return f"{fmt.CU_SEQLENS} {why}"
+
+
+def _sequence_lengths(shard: _Shard, b: _Batch) -> np.ndarray:
+    """Per-sequence lengths (int64) of a batch's packs from its ``cu_seqlens``, checked (vectorised) first."""
     off = b.cu.offsets
     v = b.cu.values[off[0] : off[-1]].astype(np.int64)
-    sq = np.diff(v) ** 2
-    # diffs across two rows' lists (last boundary of row r to the 0 of row r + 1) are not sequences
-    sq[off[1:-1] - off[0] - 1] = 0
-    cs = np.zeros(sq.shape[0] + 1, dtype=np.int64)
-    np.cumsum(sq, out=cs[1:])
     rel = off - off[0]
-    return cs[rel[1:] - 1] - cs[rel[:-1]]
+    tokens = np.diff(b.ids.offsets)
+    step = np.diff(v)
+    inside = np.ones(step.shape[0], dtype=bool)
+    inside[rel[1:-1] - 1] = False  # the step from a pack's last entry to the next pack's first is not a sequence
+    bad = (v[rel[:-1]] != 0) | (v[rel[1:] - 1] != tokens)
+    down = np.flatnonzero(inside & (step <= 0))
+    if down.shape[0]:
+        bad[np.searchsorted(rel, down, side="right") - 1] = True
+    rows = np.flatnonzero(bad)
+    if rows.shape[0]:
+        r = int(rows[0])
+        cu = b.cu.values[off[r] : off[r + 1]]
+        raise _damaged(shard.path, b.row_start + r,
+                       _cu_problem(cu, int(tokens[r]), kernels.check_cu_seqlens(cu, int(tokens[r]))))
+    return step[inside]

@@ -59,10 +59,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from packer import format as fmt
 from packer.errors import PackerError
+from packer.packed_reader import PackedReader
 from packer.plan import (
     DEFAULT_OVERFLOW,
     DEFAULT_STRATEGY,
@@ -840,46 +840,16 @@ def report_from_lengths(
 
 
 def is_packed_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder holding a packer manifest."""
-    return (Path(path) / fmt.MANIFEST_FILE).is_file()
+    """Whether ``path`` is a folder holding a packer manifest (of any file type: reading it checks that)."""
+    return Path(path).is_dir() and os.path.lexists(Path(path) / fmt.MANIFEST_FILE)
 
 
-def _read_plan_columns(folder: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Segment lengths (int64, in pack order), pack offsets (int64, packs + 1) and seq_index (int64) from shards."""
-    seg_parts, count_parts, index_parts = [], [], []
-    for shard in manifest[fmt.MANIFEST_SHARDS]:
-        path = folder / shard["file"]
-        try:
-            with pa.memory_map(str(path), "r") as source:
-                reader = pa.ipc.open_stream(source)
-                for batch in reader:
-                    cu = batch.column(fmt.CU_SEQLENS)
-                    idx = batch.column(fmt.SEQ_INDEX)
-                    cu_values = cu.values.to_numpy().astype(np.int64)
-                    cu_off = cu.offsets.to_numpy().astype(np.int64)
-                    per_pack = np.diff(cu_off) - 1
-                    # drop each pack's leading 0, then the differences of the rest are the segment lengths
-                    firsts = np.zeros(cu_values.shape[0], dtype=bool)
-                    firsts[cu_off[:-1]] = True
-                    seg = np.diff(cu_values)[~firsts[1:]]
-                    seg_parts.append(seg)
-                    count_parts.append(per_pack)
-                    index_parts.append(idx.values.to_numpy().astype(np.int64))
-        except FileNotFoundError:
-            raise PackerError(f"{path}: listed in the manifest but missing; the folder is damaged, re-run "
-                              "'packer pack'") from None
-        except (pa.ArrowException, OSError, KeyError) as e:
-            raise PackerError(f"{path}: cannot read its {fmt.CU_SEQLENS}/{fmt.SEQ_INDEX} columns ({e}); the "
-                              "folder is damaged, re-run 'packer pack'") from None
-    seg = np.concatenate(seg_parts) if seg_parts else np.zeros(0, np.int64)
-    counts = np.concatenate(count_parts) if count_parts else np.zeros(0, np.int64)
-    offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
-    if index.shape[0] != seg.shape[0] or offsets[-1] != seg.shape[0]:
-        raise PackerError(f"{folder}: {fmt.CU_SEQLENS} and {fmt.SEQ_INDEX} disagree on the number of sequences; "
-                          "the folder is damaged, re-run 'packer pack'")
-    return seg, offsets, index
+def _read_plan_columns(reader: PackedReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Segment lengths (int64, in pack order), pack offsets (int64, packs + 1) and seq_index (int64) from shards.
+
+    Read through :class:`packer.packed_reader.PackedReader`, which opens only the manifest's shard names inside the
+    folder, regular files only, and checks the offsets and ``cu_seqlens`` it returns."""
+    return reader.sequences()
 
 
 def _spread(total: int, count: int, longest: int) -> np.ndarray:
@@ -906,7 +876,11 @@ def recover_lengths(manifest: dict, seg_lengths: np.ndarray, seq_index: np.ndarr
     stats = manifest[fmt.MANIFEST_STATS]
     capacity = int(manifest[fmt.MANIFEST_CONFIG]["capacity"])
     n_rows = int(stats["sequences_in"])
-    lengths = np.zeros(n_rows, dtype=np.int64)
+    try:
+        lengths = np.zeros(n_rows, dtype=np.int64)
+    except (MemoryError, ValueError):
+        raise PackerError(f"the manifest counts {n_rows:,} input rows, too many to hold their lengths; the folder is "
+                          "damaged, re-run 'packer pack'") from None
     if seq_index.size and (seq_index.min() < 0 or seq_index.max() >= n_rows):
         raise PackerError(f"{fmt.SEQ_INDEX} holds a row outside [0, {n_rows:,}); the folder is damaged")
     np.add.at(lengths, seq_index, seg_lengths)
@@ -937,17 +911,20 @@ def recover_lengths(manifest: dict, seg_lengths: np.ndarray, seq_index: np.ndarr
 
 
 def report_from_packed(
-    folder: str | os.PathLike, *, setup: TrainingSetup = TrainingSetup(), model: ModelShape | None = None
+    folder: str | os.PathLike, *, setup: TrainingSetup = TrainingSetup(), model: ModelShape | None = None,
+    allow_unsealed: bool = False,
 ) -> Report:
     """The report for an already packed folder: the plan and the lengths are read back from its shards.
 
     Only the ``cu_seqlens`` and ``seq_index`` columns are touched (memory-mapped); no token is read.
+    ``allow_unsealed``: read a manifest without its checksum (an older packer's); refused by default.
     """
     folder = Path(folder)
-    manifest = fmt.read_manifest(folder)
+    reader = PackedReader(folder, allow_unsealed=allow_unsealed)  # checks the manifest's schema and the shards
+    manifest = reader.manifest
     cfg = manifest[fmt.MANIFEST_CONFIG]
     stats = manifest[fmt.MANIFEST_STATS]
-    seg, offsets, index = _read_plan_columns(folder, manifest)
+    seg, offsets, index = _read_plan_columns(reader)
     if offsets.shape[0] - 1 != int(stats["packs"]):
         raise PackerError(f"{folder}: the shards hold {offsets.shape[0] - 1:,} packs, the manifest says "
                           f"{int(stats['packs']):,}; the folder is damaged, re-run 'packer pack'")

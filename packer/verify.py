@@ -18,7 +18,9 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import logging
+import mmap
 import os
 import time
 from collections.abc import Sequence
@@ -199,6 +201,7 @@ def verify_packed(
     inputs: TokenizedInput | Sequence[str | os.PathLike] | str | os.PathLike | None = None,
     max_defects: int = DEFAULT_MAX_DEFECTS,
     checksums: bool = True,
+    allow_unsealed: bool = False,
 ) -> VerifyReport:
     """Check a packed folder (see :data:`CHECKS`), and against its input when ``inputs`` is given.
 
@@ -208,6 +211,7 @@ def verify_packed(
             :class:`packer.reader.TokenizedInput`); its columns are the ones the manifest's config names.
         max_defects: defects listed per check (all are counted).
         checksums: hash every shard (skip only to time the other checks).
+        allow_unsealed: a manifest without its own checksum (an older packer's) is a note, not a defect.
 
     Returns:
         A :class:`VerifyReport`; ``report.ok`` is True when no defect was found.
@@ -232,7 +236,7 @@ def verify_packed(
         col.add("manifest", str(e))
         manifest = None
     if manifest is not None:
-        _check_manifest_checksum(folder, manifest, col)
+        _check_manifest_checksum(folder, manifest, col, allow_unsealed=allow_unsealed)
     cfg = _check_manifest(manifest, col) if manifest is not None else None
     if cfg is not None:
         if inputs is not None and not isinstance(inputs, TokenizedInput):
@@ -281,10 +285,15 @@ def _is_int(x, lo=0) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= lo
 
 
-def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector) -> None:
-    """The manifest's own checksum; a manifest without one (an older packer's) is a note, not a defect."""
+def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector, *, allow_unsealed: bool) -> None:
+    """The manifest's own checksum; a manifest without one (an older packer's, or a deleted key) is a defect unless
+    ``allow_unsealed``, then a note."""
     try:
         sealed = fmt.check_manifest_checksum(manifest, folder / fmt.MANIFEST_FILE)
+    except RecursionError:  # cannot happen after read_manifest's depth bound; kept so verify never raises
+        col.ran.add("manifest_checksum")
+        col.add("manifest_checksum", "the manifest nests too deep to be checksummed")
+        return
     except PackerError as e:
         col.ran.add("manifest_checksum")
         col.add("manifest_checksum", str(e))
@@ -293,9 +302,14 @@ def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector) -> N
         col.ran.add("manifest_checksum")
         col.detail["manifest_checksum"] = (f"{fmt.MANIFEST_FILE} {fmt.CHECKSUM} "
                                            f"{manifest[fmt.MANIFEST_CHECKSUM][:16]}... matches its content")
-    else:
+    elif allow_unsealed:
         col.detail["manifest_checksum"] = ("manifest has no checksum (written by an older packer); "
                                            "'packer verify --reseal' adds one")
+    else:
+        col.ran.add("manifest_checksum")
+        col.add("manifest_checksum", f"{fmt.MANIFEST_FILE} has no {fmt.MANIFEST_CHECKSUM!r}, so an edit or damage of "
+                "it cannot be detected (an older packer's folder, or the key was deleted); if the folder is yours, "
+                f"'packer verify {folder} --reseal' adds one, or pass --allow-unsealed to accept it as it is")
 
 
 def reseal_manifest(folder: str | os.PathLike, *, inputs=None, max_defects: int = DEFAULT_MAX_DEFECTS
@@ -322,8 +336,6 @@ def reseal_manifest(folder: str | os.PathLike, *, inputs=None, max_defects: int 
     sealed = fmt.seal_manifest(manifest)
     if manifest.get(fmt.MANIFEST_CHECKSUM) == sealed[fmt.MANIFEST_CHECKSUM]:
         return report, False
-    import json
-
     tmp = path.with_name(f".{fmt.MANIFEST_FILE}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w") as fh:
@@ -340,23 +352,21 @@ def reseal_manifest(folder: str | os.PathLike, *, inputs=None, max_defects: int 
 
 
 def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
-    """Validate the manifest's fields; return the usable config (columns as :class:`Columns`) or None."""
+    """Validate the manifest's fields (:func:`packer.format.manifest_field_problems`, and the config's overflow
+    policy and columns); return the usable config (columns as :class:`Columns`) or None when the config or the shard
+    list cannot be used. Problems of ``stats`` alone are defects, and the shards are still checked."""
     col.ran.add("manifest")
     add = lambda msg: col.add("manifest", msg)  # noqa: E731
-    cfg = manifest[fmt.MANIFEST_CONFIG]
-    shards = manifest[fmt.MANIFEST_SHARDS]
-    stats = manifest[fmt.MANIFEST_STATS]
-    ok = True
-    if not isinstance(cfg, dict):
-        add(f"config is {type(cfg).__name__}, not an object")
+    blocking = False
+    for key, message in fmt.manifest_field_problems(manifest):
+        add(message)
+        blocking |= key != fmt.MANIFEST_STATS
+    cfg = manifest.get(fmt.MANIFEST_CONFIG)
+    if not isinstance(cfg, dict) or not isinstance(manifest.get(fmt.MANIFEST_STATS), dict):
         return None
-    capacity = cfg.get("capacity")
-    if not _is_int(capacity, 1) or capacity > 2**31 - 1:
-        add(f"config.capacity is {capacity!r}, not a positive int32 (a pack's length is an int32 offset)")
-        ok = False
-    if not isinstance(cfg.get("overflow"), str) or cfg["overflow"] not in OVERFLOW_POLICIES:
-        add(f"config.overflow is {cfg.get('overflow')!r}, not one of {', '.join(OVERFLOW_POLICIES)}")
-        ok = False
+    if isinstance(cfg.get("overflow"), str) and cfg["overflow"] not in OVERFLOW_POLICIES:
+        add(f"config.overflow is {fmt.short_repr(cfg['overflow'])}, not one of {', '.join(OVERFLOW_POLICIES)}")
+        blocking = True
     columns = cfg.get("columns")
     try:
         if not isinstance(columns, dict) or set(columns) != {"input_ids", "labels", "loss_mask"}:
@@ -365,81 +375,83 @@ def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
         if not isinstance(columns.input_ids, str):
             raise TypeError("input_ids is not a string")
     except (TypeError, PackerError) as e:
-        add(f"config.columns is {cfg.get('columns')!r}, not input_ids/labels/loss_mask column names ({e})")
-        ok = False
-    if not isinstance(stats, dict):
-        add(f"stats is {type(stats).__name__}, not an object")
-        ok = False
-    if not isinstance(shards, list) or not shards:
-        add(f"shards is {shards!r:.80}, not a non-empty list")
-        ok = False
-    else:
-        for i, s in enumerate(shards):
-            want = fmt.shard_name(i, len(shards))
-            if not isinstance(s, dict):
-                add(f"shard entry {i} is {s!r:.80}, not an object")
-                ok = False
-                continue
-            if s.get("file") != want:
-                add(f"shard entry {i} names file {s.get('file')!r}, expected {want!r}")
-                ok = False
-            for key in ("rows", "tokens", "sequences", "bytes"):
-                if not _is_int(s.get(key)):
-                    add(f"shard entry {i} has {key} {s.get(key)!r}, not a non-negative integer")
-                    ok = False
-            digest = s.get(fmt.SHARD_CHECKSUM)
-            if not (isinstance(digest, str) and len(digest) == fmt.CHECKSUM_HEX_DIGITS
-                    and all(c in "0123456789abcdef" for c in digest)):
-                add(f"shard entry {i} has {fmt.SHARD_CHECKSUM} {digest!r:.80}, not {fmt.CHECKSUM_HEX_DIGITS} hex digits")
-                ok = False
-    if not ok:
+        add(f"config.columns is {fmt.short_repr(cfg.get('columns'))}, not input_ids/labels/loss_mask column names "
+            f"({e})")
+        blocking = True
+    if blocking:
         return None
-    n = len(shards)
+    n = len(manifest[fmt.MANIFEST_SHARDS])
+    capacity = cfg["capacity"]
     col.detail["manifest"] = (f"{fmt.FORMAT_NAME} v{manifest[fmt.MANIFEST_VERSION]}, {n} shard(s), capacity "
-                              f"{capacity:,}, overflow {cfg['overflow']}")
+                              f"{capacity:,}, overflow {cfg['overflow']}, well-formed")
     return {"capacity": capacity, "overflow": cfg["overflow"], "columns": columns}
 
 
 # ---------------------------------------------------------------------------------------------------- shards
 
 
-def _check_files(folder: Path, shards: list[dict], col: _Collector, *, checksums: bool) -> list[bool]:
-    """Presence, sizes, checksums, unlisted files, state.json. Returns, per shard, whether it can be read."""
+def _check_files(folder: Path, shards: list[dict], col: _Collector, *, checksums: bool) -> list:
+    """Presence, file types, sizes, checksums, unlisted files, state.json. Returns, per shard, its memory-mapped
+    bytes (what the other checks parse, so they read the file that was hashed) or None when it cannot be read.
+
+    Files are opened through one descriptor of the folder, as regular files only: a symlink (which may point out of
+    the folder), a FIFO (which would hang) or a device is a defect, never read."""
     col.ran.add("files")
     if checksums:
         col.ran.add("checksums")
     present = []
     total_bytes = 0
-    for s in shards:
-        path = folder / s["file"]
-        if not path.is_file():
-            col.add("files", "missing: the manifest lists it but there is no such file", shard=s["file"])
-            present.append(False)
-            continue
-        size = path.stat().st_size
-        total_bytes += size
-        if size != s["bytes"]:
-            col.add("files", f"{size:,} bytes, the manifest says {s['bytes']:,}", shard=s["file"])
-        if checksums:
-            digest = fmt.file_checksum(path)
-            if digest != s[fmt.SHARD_CHECKSUM]:
-                col.add("checksums", f"{fmt.CHECKSUM} {digest}, the manifest says {s[fmt.SHARD_CHECKSUM]}",
-                        shard=s["file"])
-        present.append(True)
-    listed = {s["file"] for s in shards}
-    for p in sorted(folder.glob("data-*.arrow")):
-        if p.name not in listed:
-            col.add("files", "a data file the manifest does not list (left by another run?)", shard=p.name)
     try:
-        import json
-
-        state = json.loads((folder / fmt.HF_STATE_FILE).read_text())
-        names = [d["filename"] for d in state["_data_files"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        col.add("files", f"{fmt.HF_STATE_FILE} unreadable ({e}); datasets.load_from_disk cannot open the folder")
-    else:
-        if names != [s["file"] for s in shards]:
-            col.add("files", f"{fmt.HF_STATE_FILE} lists {names!r:.200}, not the manifest's shards")
+        dfd = fmt.open_folder(folder)
+    except PackerError as e:
+        col.add("files", str(e))
+        return [None] * len(shards)
+    try:
+        for s in shards:
+            try:
+                fd, st = fmt.open_regular_file(s["file"], dir_fd=dfd, folder=folder)
+            except PackerError as e:
+                col.add("files", str(e), shard=s["file"])
+                present.append(None)
+                continue
+            try:
+                size = st.st_size
+                total_bytes += size
+                if size != s["bytes"]:
+                    col.add("files", f"{size:,} bytes, the manifest says {s['bytes']:,}", shard=s["file"])
+                try:
+                    data = pa.py_buffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ)) if size else pa.py_buffer(b"")
+                except (OSError, ValueError) as e:
+                    col.add("files", f"cannot be read ({e})", shard=s["file"])
+                    present.append(None)
+                    continue
+            finally:
+                os.close(fd)
+            if checksums:
+                h = fmt.new_checksum()
+                h.update(data)
+                digest = h.hexdigest()
+                if digest != s[fmt.SHARD_CHECKSUM]:
+                    col.add("checksums", f"{fmt.CHECKSUM} {digest}, the manifest says {s[fmt.SHARD_CHECKSUM]}",
+                            shard=s["file"])
+            present.append(data)
+        listed = {s["file"] for s in shards}
+        for p in sorted(folder.glob("data-*.arrow")):
+            if p.name not in listed:
+                col.add("files", "a data file the manifest does not list (left by another run?)", shard=p.name)
+        try:
+            fd, _ = fmt.open_regular_file(fmt.HF_STATE_FILE, dir_fd=dfd, folder=folder, what="datasets state file")
+            with os.fdopen(fd, "rb") as fh:
+                state = json.loads(fh.read(fmt.MAX_MANIFEST_BYTES))
+            names = [d["filename"] for d in state["_data_files"]]
+        except (PackerError, OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            col.add("files", f"{fmt.HF_STATE_FILE} unreadable ({str(e)[:200]}); datasets.load_from_disk cannot open "
+                    "the folder")
+        else:
+            if names != [s["file"] for s in shards]:
+                col.add("files", f"{fmt.HF_STATE_FILE} lists {names!r:.200}, not the manifest's shards")
+    finally:
+        os.close(dfd)
     col.detail["files"] = f"{len(shards)} shard file(s), {total_bytes:,} bytes, state.json consistent"
     col.detail["checksums"] = f"{fmt.CHECKSUM} of {len(shards)} shard(s) ({total_bytes:,} bytes) match"
     return present
@@ -456,16 +468,15 @@ def _flat(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return offsets - base, values[base : int(offsets[-1])]
 
 
-def _load_shard(folder: Path, info: dict, pack_base: int, col: _Collector) -> _Shard | None:
+def _load_shard(data: pa.Buffer, info: dict, pack_base: int, col: _Collector) -> _Shard | None:
     name = info["file"]
     try:
-        with pa.memory_map(str(folder / name), "r") as source:
-            reader = pa.ipc.open_stream(source)
-            if not any(reader.schema.equals(s) for s in (fmt.SCHEMA, fmt.LEGACY_SCHEMA, fmt.ALIGNED_SCHEMA)):
-                col.add("schema", f"schema is {reader.schema}, not the format's {fmt.SCHEMA}".replace("\n", "; "),
-                        shard=name)
-                return None
-            table = reader.read_all()
+        reader = pa.ipc.open_stream(data)
+        if not any(reader.schema.equals(s) for s in (fmt.SCHEMA, fmt.LEGACY_SCHEMA, fmt.ALIGNED_SCHEMA)):
+            col.add("schema", f"schema is {reader.schema}, not the format's {fmt.SCHEMA}".replace("\n", "; "),
+                    shard=name)
+            return None
+        table = reader.read_all()
         for batch in table.to_batches():
             batch.validate(full=True)  # corrupted offsets must not reach numpy indexing
     except (pa.ArrowException, OSError, ValueError) as e:
@@ -773,8 +784,8 @@ def _verify(folder: Path, manifest: dict, cfg: dict, inp: TokenizedInput | None,
     compared = 0
     pack_base = 0
     all_loaded = True
-    for info, ok in zip(shards, present):
-        sh = _load_shard(folder, info, pack_base, col) if ok else None
+    for info, data in zip(shards, present):
+        sh = _load_shard(data, info, pack_base, col) if data is not None else None
         if sh is None:
             all_loaded = False
             pack_base += info["rows"]
@@ -800,7 +811,7 @@ def _verify(folder: Path, manifest: dict, cfg: dict, inp: TokenizedInput | None,
     col.detail["capacity"] = f"{totals['packs']:,} packs of 1 to {capacity:,} tokens"
     col.detail["cu_seqlens"] = f"{totals['packs']:,} packs, {totals['sequences']:,} sequence boundaries sound"
     col.detail["labels"] = f"{totals['sequences']:,} sequence starts masked, label values consistent"
-    _check_alignment(folder, manifest, cfg, present, col)
+    _check_alignment(manifest, cfg, present, col)
     if not parts:
         return
     seq = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -944,11 +955,12 @@ def _check_coverage(exp: dict, matched: np.ndarray, seq: dict, inp: TokenizedInp
         f"{rec['tokens_truncated']:,} truncated" + (f" ({lost:,} rows lost to overflow)" if lost else ""))
 
 
-def _check_alignment(folder: Path, manifest: dict, cfg: dict, present: list[bool], col: _Collector) -> None:
+def _check_alignment(manifest: dict, cfg: dict, present: list[pa.Buffer | None], col: _Collector) -> None:
     """The ``alignment`` check (``--pad-to-multiple-of``): config, column presence, padded spans, statistics.
 
-    Reads ``cu_seqlens`` and ``cu_seqlens_padded`` of every readable shard again (memory-mapped, vectorised); a
-    shard that another check found unreadable is left to that check.
+    Reads ``cu_seqlens`` and ``cu_seqlens_padded`` of every readable shard again from the bytes the files check
+    opened safely (``present``: a buffer per shard, None for one it refused; vectorised); a shard that another
+    check found unreadable is left to that check.
     """
     col.ran.add("alignment")
     add = lambda msg, **where: col.add("alignment", msg, **where)  # noqa: E731
@@ -959,13 +971,12 @@ def _check_alignment(folder: Path, manifest: dict, cfg: dict, present: list[bool
             f"capacity {capacity:,}")
         return
     padded_total = real_total = packs = 0
-    for info, ok in zip(manifest[fmt.MANIFEST_SHARDS], present):
+    for info, data in zip(manifest[fmt.MANIFEST_SHARDS], present):
         name = info["file"]
-        if not ok:
+        if data is None:
             continue
         try:
-            with pa.memory_map(str(folder / name), "r") as source:
-                table = pa.ipc.open_stream(source).read_all()
+            table = pa.ipc.open_stream(data).read_all()
         except (pa.ArrowException, OSError):
             continue  # reported by the schema check
         has = fmt.CU_SEQLENS_PADDED in table.schema.names

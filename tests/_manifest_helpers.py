@@ -30,3 +30,12 @@ def rewrite_manifest(folder: Path, mutate: Callable[[dict], None], *, seal: bool
         manifest = fmt.seal_manifest(manifest)
     (Path(folder) / fmt.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def set_capacity(manifest: dict, capacity: int) -> None:
+    """Edit ``config.capacity`` together with the statistics that depend on it (``stats.capacity`` and
+    ``stats.padding_tokens``), as a deliberate edit would: a capacity the stats contradict is refused."""
+    manifest[fmt.MANIFEST_CONFIG][fmt.CONFIG_CAPACITY] = capacity
+    stats = manifest[fmt.MANIFEST_STATS]
+    stats["capacity"] = capacity
+    stats["padding_tokens"] = stats["packs"] * capacity - stats["tokens_out"]

@@ -256,8 +256,17 @@ def test_edited_manifest(tmp_path, packed, edit):
         with pytest.raises(PackerError, match=r"packer\.json: the manifest was modified or damaged after packing.*"
                            r"re-run 'packer pack'.*--reseal"):
             open_folder(folder)
-    if edit == "capacity":  # sealed on purpose: opens, and pads to the new capacity
+    if edit == "capacity":  # sealed on purpose, with the stats that depend on it: opens, pads to the new capacity
         rewrite_manifest(folder, lambda m: None)
+        with pytest.raises(PackerError, match=r"stats\.capacity is 96 but config\.capacity is 97"):
+            PackedDataset(folder)
+
+        def restate(m):
+            stats = m[fmt.MANIFEST_STATS]
+            stats["capacity"] = CAP + 1
+            stats["padding_tokens"] = stats["packs"] * (CAP + 1) - stats["tokens_out"]
+
+        rewrite_manifest(folder, restate)
         assert PackedDataset(folder).capacity == CAP + 1
 
 

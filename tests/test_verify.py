@@ -12,9 +12,10 @@ from packer import format as fmt
 from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
 from packer.errors import PackerError
+from packer.packed_reader import PackedReader
 from packer.reader import Columns
 from packer.verify import CHECKS, INPUT_CHECKS, reseal_manifest, verify_packed
-from tests._manifest_helpers import rewrite_manifest
+from tests._manifest_helpers import rewrite_manifest, set_capacity
 from tests._verify_helpers import lengths_mixed, read_shard_rows, rewrite_shard, rows_table, write_stream
 
 CAPACITY = 64
@@ -242,7 +243,7 @@ def test_edited_manifest_is_caught_by_its_checksum(packed, edit):
 
     def mutate(m):
         if edit == "capacity":
-            m["config"]["capacity"] += 1
+            set_capacity(m, m["config"]["capacity"] + 1)
         elif edit == "stat":
             m["stats"]["packing_efficiency"] /= 2
         else:
@@ -267,19 +268,35 @@ def test_edited_manifest_is_caught_by_its_checksum(packed, edit):
     assert verify_packed(out, inputs=[src]).failed() == (["input"] if edit == "fingerprint" else [])
 
 
-def test_manifest_without_checksum_is_a_note(packed, caplog, monkeypatch):
-    """A folder of a packer without manifest checksums opens (one warning) and verifies, the check skipped."""
+def test_manifest_without_checksum_is_refused_unless_allowed(packed, caplog, monkeypatch):
+    """A manifest without its checksum (an older packer's, or the key deleted) is refused by every reader and is a
+    verify defect by default; allow_unsealed / --allow-unsealed reads it as before (one warning; verify notes it)."""
     src, out = packed
     monkeypatch.setattr(fmt, "_unsealed_warned", set())  # forget folders warned about earlier in this process
     rewrite_manifest(out, lambda m: m.pop(fmt.MANIFEST_CHECKSUM), seal=False)
     report = verify_packed(out, inputs=[src])
+    assert report.failed() == ["manifest_checksum"]
+    (d,) = report.defects
+    assert "has no 'manifest_checksum'" in d.message and "--reseal" in d.message and "--allow-unsealed" in d.message
+    assert main(["verify", str(out)]) == 1
+    assert main(["verify", str(out), "--allow-unsealed"]) == 0
+    with pytest.raises(PackerError, match=r"packer\.json: the manifest has no 'manifest_checksum'.*--reseal.*"
+                       r"allow_unsealed=True \(--allow-unsealed"):
+        fmt.read_manifest(out)
+    with pytest.raises(PackerError, match="allow_unsealed=True"):
+        PackedReader(out)
+    assert main(["stats", str(out)]) == 2
+    assert main(["stats", str(out), "--allow-unsealed"]) == 0
+    report = verify_packed(out, inputs=[src], allow_unsealed=True)
     assert report.ok, report.format()
     c = report.check("manifest_checksum")
     assert c.status == "skipped" and "manifest has no checksum (written by an older packer)" in c.detail
     assert "skip manifest_checksum manifest has no checksum" in report.format()
     caplog.clear()
+    monkeypatch.setattr(fmt, "_unsealed_warned", set())
     for _ in range(3):
-        fmt.read_manifest(out)
+        fmt.read_manifest(out, allow_unsealed=True)
+    assert len(PackedReader(out, allow_unsealed=True)) == report.packs
     warned = [r for r in caplog.records if "has no manifest_checksum" in r.getMessage()]
     assert len(warned) == 1 and warned[0].levelname == "WARNING" and "--reseal" in warned[0].getMessage()
 
@@ -291,7 +308,7 @@ def test_reseal(packed, capsys):
     assert "already sealed" in capsys.readouterr().out
     original = fmt.read_manifest(out)
     # a deliberate edit: refused on open, resealed by verify after the shards agree with it
-    rewrite_manifest(out, lambda m: m["config"].update(capacity=CAPACITY + 1), seal=False)
+    rewrite_manifest(out, lambda m: set_capacity(m, CAPACITY + 1), seal=False)
     assert main(["verify", str(out)]) == 1
     assert "FAIL manifest_checksum" in capsys.readouterr().out
     assert main(["verify", str(out), "--input", str(src), "--reseal"]) == 0
@@ -303,7 +320,8 @@ def test_reseal(packed, capsys):
     # an older packer's folder gets its first checksum
     rewrite_manifest(out, lambda m: m.pop(fmt.MANIFEST_CHECKSUM), seal=False)
     report, resealed = reseal_manifest(out)
-    assert resealed and report.ok and fmt.check_manifest_checksum(fmt.read_manifest(out), path)
+    assert resealed and report.failed() == ["manifest_checksum"]  # the report of the folder before resealing
+    assert fmt.check_manifest_checksum(fmt.read_manifest(out), path) and verify_packed(out).ok
     # an edit the shards contradict is not resealed
     rewrite_manifest(out, lambda m: m["shards"][0].update(rows=m["shards"][0]["rows"] + 1), seal=False)
     before = path.read_bytes()

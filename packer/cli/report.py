@@ -104,6 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help=f"for --strategy mixed, the share of shortest sequences held back to fill gaps "
                       f"(default {DEFAULT_FILLER})")
     plan.add_argument("--input-column", default="input_ids", help="token column (default %(default)s)")
+    plan.add_argument("--allow-unsealed", action="store_true",
+                      help=f"read a packed folder whose {fmt.MANIFEST_FILE} has no checksum (an older packer's)")
     model = p.add_argument_group("model (switches the cost model from tokens to FLOPs with attention)")
     model.add_argument("--hidden-size", type=int, help="model width")
     model.add_argument("--num-layers", type=int, help="transformer blocks")
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if packed:
         if len(args.inputs) > 1:
             raise PackerError(f"{packed[0]}: a packed folder is reported on its own; pass it as the only INPUT")
-        report = report_from_packed(packed[0], setup=setup, model=model)
+        report = report_from_packed(packed[0], setup=setup, model=model, allow_unsealed=args.allow_unsealed)
         for option, (key, _default) in _PLAN_OPTIONS.items():
             given = getattr(args, option)
             if given is not None and given != report.source[key]:

@@ -5,6 +5,9 @@ overflow policy says), with token counts that add up exactly.
 The manifest carries its own checksum; a manifest edited on purpose (or written by an older packer, without
 one) is re-sealed with --reseal once every other check passes.
 
+A manifest without its checksum, a shard that is a symlink, FIFO or device, or a capacity the statistics and the
+shards contradict are defects. verify never follows a shard name out of the folder.
+
 exit status: 0 verified (or resealed), 1 defects found (listed), 2 error (e.g. the input cannot be read).
 
 examples:
@@ -32,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ones the manifest names")
     p.add_argument("--max-defects", type=int, default=DEFAULT_MAX_DEFECTS,
                    help="defects listed per check; all are counted (default %(default)s)")
+    p.add_argument("--allow-unsealed", action="store_true",
+                   help=f"accept a {fmt.MANIFEST_FILE} without its own checksum (a folder of an older packer) instead "
+                   "of reporting it as a defect; --reseal adds the checksum for good")
     p.add_argument("--reseal", action="store_true",
                    help=f"if every check but manifest_checksum passes, record the manifest's current checksum in "
                    f"{fmt.MANIFEST_FILE} (after an edit on purpose, or to add one to an older packer's folder)")
@@ -39,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.reseal:
-        report = verify_packed(args.folder, inputs=args.input, max_defects=args.max_defects)
+        report = verify_packed(args.folder, inputs=args.input, max_defects=args.max_defects,
+                               allow_unsealed=args.allow_unsealed)
         print(report.format())
         return 0 if report.ok else EXIT_DEFECTS
     report, resealed = reseal_manifest(args.folder, inputs=args.input, max_defects=args.max_defects)

@@ -73,13 +73,16 @@ class PackedDataset(Dataset):
             Hugging Face models take as is; ``torch.int32`` halves the bytes built and sent to the GPU (item and
             collate measured 7% faster on CPU, where reading the pack and fixed per-item overhead dominate), but
             convert ``labels.long()`` on the device before ``cross_entropy``, which rejects int32 targets.
-        verify: check every shard's checksum against the manifest on open (reads the whole folder once).
+        verify: check every shard's checksum against the manifest on open (reads the whole folder once); the only
+            check that sees a changed token or label value (see :mod:`packer.packed_reader` for what is checked).
         sequence_ids: add ``seq_index`` and ``seq_offset`` to every item (see the module docstring), for per-example
             evaluation with :func:`packer.torch.row_losses`.
+        allow_unsealed: read a folder whose manifest has no checksum (an older packer's); refused by default.
 
     Raises:
-        PackerError: a file instead of a folder (the message names the folder to pass), not a packed folder, another format version, a manifest modified after packing (its checksum
-            differs), a shard missing, truncated or (with ``verify``) damaged; the message names the file.
+        PackerError: a file instead of a folder (the message names the folder to pass), not a packed folder, another
+            format version, a manifest modified after packing (its checksum differs) or without one, a shard missing,
+            truncated or (with ``verify``) damaged; the message names the file.
 
     Example:
         >>> ds = PackedDataset("packed")                                   # doctest: +SKIP
@@ -96,6 +99,7 @@ class PackedDataset(Dataset):
         dtype: torch.dtype = torch.int64,
         verify: bool = False,
         sequence_ids: bool = False,
+        allow_unsealed: bool = False,
     ):
         if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
             raise PackerError(f"pad_id must be a non-negative token id, got {pad_id!r}")
@@ -109,7 +113,7 @@ class PackedDataset(Dataset):
                 f"{path} is a file; PackedDataset takes the packed folder that holds {fmt.MANIFEST_FILE} and the "
                 f"shards, e.g. PackedDataset({folder!r})"
             )
-        self.reader = PackedReader(path, verify=verify)
+        self.reader = PackedReader(path, verify=verify, allow_unsealed=allow_unsealed)
         self.pad_id = pad_id
         self.pad = bool(pad)
         # packed with --pad-to-multiple-of: items in the padded spans (packer.torch.context_parallel.aligned_item)
@@ -228,7 +232,7 @@ class PackedDataset(Dataset):
             index=index,
         )
         if self.sequence_ids:
-            seq_index, seq_offset = self.reader.sequences(index)
+            seq_index, seq_offset = self.reader.pack_sequences(index)
             pad_segments = cu_out.shape[0] - cu.shape[0]
             item["seq_index"] = torch.from_numpy(np.concatenate([seq_index, np.full(pad_segments, -1, np.int64)]))
             item["seq_offset"] = torch.from_numpy(np.concatenate([seq_offset, np.zeros(pad_segments, np.int32)]))
