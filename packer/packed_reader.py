@@ -406,21 +406,6 @@ class PackedReader:
         """Sequences per pack, int64 (n_packs,)."""
         return self._per_shard(lambda sh, b: np.diff(b.cu.offsets) - 1)
 
-    def attention_costs(self) -> np.ndarray:
-        """Sum of squared sequence lengths per pack, int64 (n_packs,): the variable part of a pack's attention cost.
-
-        Every pack is padded to the same capacity, so the cost linear in tokens (MLP, projections) is the same for
-        all packs; what differs is attention, quadratic in each sequence's length. Read from ``cu_seqlens`` only,
-        all of which are checked (a PackerError names the first damaged shard and row).
-        """
-
-        def costs(shard: _Shard, b: _Batch) -> np.ndarray:
-            lengths = _sequence_lengths(shard, b)
-            starts = b.cu.offsets[:-1] - b.cu.offsets[0] - np.arange(b.cu.offsets.shape[0] - 1)
-            return np.add.reduceat(lengths * lengths, starts)
-
-        return self._per_shard(costs)
-
     def sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every packed sequence: ``(lengths, pack_offsets, seq_index)``.
 
@@ -502,12 +487,17 @@ class PackedReader:
     def _padded_columns(self, s: int, multiple: int) -> list[_Column]:
         """Shard ``s``'s padded boundaries per record batch, checked against its ``cu_seqlens``."""
         shard = self._shard(s)
-        if fmt.CU_SEQLENS_PADDED not in shard.table.schema.names:
+        schema = shard.table.schema
+        if fmt.CU_SEQLENS_PADDED not in schema.names:
             raise PackerError(f"{shard.path}: no column {fmt.CU_SEQLENS_PADDED!r}, but {fmt.MANIFEST_FILE} records "
                               f"{fmt.CONFIG_PAD_TO_MULTIPLE_OF} {multiple}; the folder is damaged, re-run 'packer pack'")
+        want = fmt.ALIGNED_SCHEMA.field(fmt.CU_SEQLENS_PADDED).type
+        if schema.field(fmt.CU_SEQLENS_PADDED).type != want:
+            raise _damaged(shard.path, None, f"column {fmt.CU_SEQLENS_PADDED!r} is "
+                           f"{schema.field(fmt.CU_SEQLENS_PADDED).type}, expected {want}")
         columns = []
-        for b, batch in zip(shard.batches, (x for x in shard.table.to_batches() if x.num_rows)):
-            col = _list_column(shard.path, batch, fmt.CU_SEQLENS_PADDED)
+        for b in shard.batches:
+            col = _list_column(shard.path, b.record, fmt.CU_SEQLENS_PADDED, b.row_start)
             cu = b.cu
             bad = np.zeros(col.offsets.shape[0] - 1, dtype=bool)
             same = (np.diff(col.offsets) == np.diff(cu.offsets)) & (np.diff(col.offsets) >= 2)
@@ -534,16 +524,28 @@ class PackedReader:
         return columns
 
     def longest_sequences(self) -> np.ndarray:
-        """The longest sequence of every pack, int64 (n_packs,), from ``cu_seqlens`` only."""
-        return self._per_shard(_longest)
+        """The longest sequence of every pack, int64 (n_packs,), from ``cu_seqlens`` only, all of which are checked
+        (a PackerError names the first damaged shard and row)."""
+        return self._per_shard(lambda shard, b: np.maximum.reduceat(_sequence_lengths(shard, b), _pack_starts(b)))
+
+    def attention_costs(self) -> np.ndarray:
+        """Sum of squared sequence lengths per pack, int64 (n_packs,): the variable part of a pack's attention cost.
+
+        Every pack is padded to the same capacity, so the cost linear in tokens (MLP, projections) is the same for
+        all packs; what differs is attention, quadratic in each sequence's length. Read from ``cu_seqlens`` only,
+        all of which are checked (a PackerError names the first damaged shard and row).
+        """
+
+        def costs(shard: _Shard, b: _Batch) -> np.ndarray:
+            lengths = _sequence_lengths(shard, b)
+            return np.add.reduceat(lengths * lengths, _pack_starts(b))
+
+        return self._per_shard(costs)
 
 
-def _longest(b: _Batch) -> np.ndarray:
-    off = b.cu.offsets
-    v = b.cu.values[off[0] : off[-1]].astype(np.int64)
-    d = np.diff(v)
-    d[off[1:-1] - off[0] - 1] = 0  # diffs across two rows' lists are not sequences
-    return np.maximum.reduceat(d, off[:-1] - off[0]) if d.shape[0] else np.zeros(len(off) - 1, dtype=np.int64)
+def _pack_starts(b: _Batch) -> np.ndarray:
+    """Each pack's first sequence in :func:`_sequence_lengths`'s output (every pack holds at least one, checked)."""
+    return b.cu.offsets[:-1] - b.cu.offsets[0] - np.arange(b.cu.offsets.shape[0] - 1)
 
 
 def _cu_problem(cu: np.ndarray, n: int, bad: int) -> str:

@@ -506,16 +506,19 @@ def _load_shard(data: pa.Buffer, info: dict, pack_base: int, col: _Collector) ->
         return None
     if fmt.SEQ_LENGTHS in table.column_names:  # folders written before the column lack it (format.LEGACY_SCHEMA)
         sl_off, seq_lengths = _flat(table, fmt.SEQ_LENGTHS)
-        n_seq = np.diff(cu_off) - 1
-        real = np.ones(cu.shape[0], dtype=bool)
-        real[cu_off[:-1]] = False  # diff against the entry before: not across two packs
-        if not np.array_equal(np.diff(sl_off), n_seq) or not np.array_equal(
-            seq_lengths.astype(np.int64), (cu.astype(np.int64) - np.concatenate([[0], cu[:-1]]))[real]
-        ):
-            bad = np.flatnonzero(np.diff(sl_off) != n_seq)
-            p = int(bad[0]) if bad.shape[0] else 0
-            col.add("cu_seqlens", f"{fmt.SEQ_LENGTHS} disagrees with {fmt.CU_SEQLENS}", shard=name,
-                    pack=pack_base + p)
+        n_seq = np.diff(cu_off) - 1  # -1 for an empty cu_seqlens list, which _check_shard reports too
+        bad = np.diff(sl_off) != n_seq
+        if not bad.any():  # one length per sequence in every pack: compare the values
+            real = np.ones(cu.shape[0], dtype=bool)
+            real[cu_off[:-1]] = False  # diff against the entry before: not across two packs
+            cu64 = cu.astype(np.int64)
+            wrong = np.flatnonzero(seq_lengths.astype(np.int64) != (cu64 - np.concatenate([[0], cu64[:-1]]))[real])
+            if wrong.shape[0]:
+                bad[np.searchsorted(sl_off, wrong[0], side="right") - 1] = True
+        if bad.any():
+            p = int(np.argmax(bad))
+            col.add("cu_seqlens", f"{fmt.SEQ_LENGTHS} disagrees with {fmt.CU_SEQLENS} in pack {pack_base + p}",
+                    shard=name, pack=pack_base + p)
             return None
     return _Shard(name, pack_base, ids_off, ids, labels, cu_off, cu, seq_off, seq_index, seq_offset)
 

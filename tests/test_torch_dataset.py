@@ -410,3 +410,4 @@ def test_seq_lengths_column_and_folders_without_it(tmp_path, packed):
     _replace_shard(damaged, pa.Table.from_pylist(rows, schema=fmt.SCHEMA))
     report = verify_packed(damaged)
     assert report.failed() == ["cu_seqlens"] and fmt.SEQ_LENGTHS in report.defects[0].message
+    assert report.defects[0].pack == 1  # the pack whose lengths were edited, not the first one

@@ -330,3 +330,15 @@ def test_reseal(packed, capsys):
     assert "not resealed" in text and "FAIL manifest_checksum" in text and "FAIL schema" in text
     assert path.read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_pack_with_an_empty_cu_seqlens_list_is_a_defect_not_a_crash(packed):
+    """The seq_lengths check indexed past an empty cu_seqlens list in a shard's last pack (IndexError) before the
+    cu_seqlens checks could report it."""
+    _, out = packed
+    rows = read_shard_rows(out, 1)
+    rows[-1][fmt.CU_SEQLENS] = []  # the shard's last pack: nothing after it to index into
+    rewrite_shard(out, 1, rows)
+    report = verify_packed(out)
+    assert not report.ok and "cu_seqlens" in report.failed()
+    assert main(["verify", str(out)]) == 1
