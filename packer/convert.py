@@ -124,11 +124,18 @@ class PackConfig:
             bad("max_loss", "must be a fraction in [0, 1] (0: lose nothing), or None")
         n = self.pad_to_multiple_of
         if n is not None and not whole("pad_to_multiple_of", 1):
-            bad("pad_to_multiple_of", "must be a positive whole number of tokens, or None")
+            bad("pad_to_multiple_of", "must be a positive whole number of tokens")
         if n is not None and self.capacity % n:
             lower = self.capacity // n * n
-            bad("capacity", f"capacity must be a multiple of pad_to_multiple_of ({int(n)}), so that an aligned "
-                f"sequence that fits still fits: use {lower:,} or {lower + int(n):,}")
+            bad("capacity", f"must be a multiple of the alignment, {int(n)} tokens, so that an aligned sequence "
+                f"that fits still fits: use {lower:,} or {lower + int(n):,}")
+        # numpy scalars pass the checks above; the manifest (JSON) and the kernels take Python numbers
+        for name in ("capacity", "seed", "shard_size", "group_size", "pad_to_multiple_of"):
+            if isinstance(getattr(self, name), np.integer):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("filler", "max_loss"):
+            if isinstance(getattr(self, name), (np.floating, np.integer)):
+                object.__setattr__(self, name, float(getattr(self, name)))
 
     def to_json(self) -> dict:
         d = asdict(self)

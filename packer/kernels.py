@@ -406,7 +406,7 @@ def fill_padded_pack(input_ids, labels, cu_seqlens, ids_out, labels_out, positio
 
 @njit(cache=True)
 def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_out, positions, pad_id, ignore_index,
-                      period):
+                      period, max_position):
     """Write one stored pack into three rows laid out in its padded spans; return ``(label_tokens, bad)``.
 
     Args:
@@ -414,12 +414,14 @@ def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_
         cu_seqlens: int32 (k + 1,), 0 .. n; cu_padded: int32 (k + 1,), the padded spans' boundaries, each span at
             least its sequence's length, ``cu_padded[k] <= len(ids_out)`` (the caller checks both).
         ids_out, labels_out, positions: int (length,) each. Sequence ``s`` goes to ``cu_padded[s]``, followed by
-            ``pad_id`` / ``ignore_index`` to the end of its span, positions ``0 .. span - 1``; after the last span,
-            ``pad_id``, ``ignore_index`` and positions ``0 .. period - 1, 0, ...``: the final padding restarts every
-            ``period`` tokens (the caller passes the longest span, so no padding position exceeds a real one:
-            rope scaling and learned position tables see what they would without padding, as in
-            :func:`fill_padded_pack`).
-        period: positive int, the length of the final padding's segments (the last may be shorter).
+            ``pad_id`` / ``ignore_index`` to the end of its span, positions ``0, 1, ...`` through the span; after the
+            last span, ``pad_id``, ``ignore_index`` and positions restarting at 0 every ``period`` tokens. Every
+            padding position is capped at ``max_position``.
+        period: positive int, the length of the final padding's segments (the last may be shorter); the caller
+            passes the longest span, a multiple of the alignment, so context-parallel chunks stay whole.
+        max_position: the largest position a padding token may get; the caller passes the longest real sequence's
+            last position, so no padding position exceeds a real one: rope scaling and learned position tables see
+            what they would without padding, as in :func:`fill_padded_pack`.
 
     Returns:
         The number of labels other than ``ignore_index`` and the first sequence whose first label is not
@@ -454,8 +456,10 @@ def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_
             dst_ids[j] = pad_id
         for j in range(m, span):
             dst_labels[j] = ignore_index
-        for j in range(span):
+        for j in range(m):
             dst_pos[j] = j
+        for j in range(m, span):
+            dst_pos[j] = min(j, max_position)
     total = np.int64(cu_padded[k])
     tail_ids = ids_out[total:]
     tail_labels = labels_out[total:]
@@ -468,7 +472,7 @@ def fill_aligned_pack(input_ids, labels, cu_seqlens, cu_padded, ids_out, labels_
     while j < tail_ids.shape[0]:
         stop = min(j + period, tail_ids.shape[0])
         for t in range(j, stop):
-            tail_pos[t] = t - j
+            tail_pos[t] = min(t - j, max_position)
         j = stop
     return count, bad
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,7 @@ class _Shard:
     table: pa.Table
     buffer: pa.Buffer  # the whole file, memory-mapped (keeps the map alive)
     identity: tuple  # (st_dev, st_ino, st_size, st_mtime_ns) of the file mapped
+    columns: dict = field(default_factory=dict)  # checked columns read on first use: {name: [_Column per batch]}
 
 
 def _damaged(path: Path, row: int | None, what: str) -> PackerError:
@@ -298,7 +299,6 @@ class PackedReader:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_shards"] = [None] * len(self.shard_paths)
-        state.pop("_padded", None)  # views of the memory maps, rebuilt on first use
         return state
 
     def __len__(self) -> int:
@@ -337,14 +337,11 @@ class PackedReader:
         s = int(np.searchsorted(self.row_starts, index, side="right")) - 1
         return s, index - int(self.row_starts[s])
 
-    def pack(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pack ``index`` as read-only zero-copy views: ``input_ids``, ``labels`` (int32, (tokens,)) and
-        ``cu_seqlens`` (int32, (sequences + 1,), from 0 to tokens, strictly increasing, no padding).
+    def _batch_of(self, index: int) -> tuple[_Shard, int, int]:
+        """``(shard, k, row)``: pack ``index`` (negative counts from the end) is row ``row`` of record batch ``k``.
 
         Raises:
             IndexError: index out of range.
-            PackerError: the pack's ``cu_seqlens`` is not 0, strictly increasing, its length (a damaged shard); the
-                message names shard and row.
         """
         n = self._row_starts_list[-1]
         if index < 0:
@@ -356,10 +353,21 @@ class PackedReader:
         row = index - self._row_starts_list[s]
         shard = self._shards[s] or self._shard(s)
         if len(shard.batches) == 1:
-            b = shard.batches[0]
-        else:
-            b = shard.batches[int(np.searchsorted(shard.batch_starts, row, side="right")) - 1]
-            row -= b.row_start
+            return shard, 0, row
+        k = int(np.searchsorted(shard.batch_starts, row, side="right")) - 1
+        return shard, k, row - shard.batches[k].row_start
+
+    def pack(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pack ``index`` as read-only zero-copy views: ``input_ids``, ``labels`` (int32, (tokens,)) and
+        ``cu_seqlens`` (int32, (sequences + 1,), from 0 to tokens, strictly increasing, no padding).
+
+        Raises:
+            IndexError: index out of range.
+            PackerError: the pack's ``cu_seqlens`` is not 0, strictly increasing, its length (a damaged shard); the
+                message names shard and row.
+        """
+        shard, k, row = self._batch_of(index)
+        b = shard.batches[k]
         # offsets were checked at open: in range, non-decreasing, labels as long as input_ids, >= 2 cu entries
         a0, a1 = b.ids.offsets[row], b.ids.offsets[row + 1]
         l0 = b.labels.offsets[row]
@@ -374,21 +382,39 @@ class PackedReader:
     def pack_sequences(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``seq_index`` (int64) and ``seq_offset`` (int32) of pack ``index``, one entry per sequence (see
         :mod:`packer.format`): the input row each sequence came from and its first token's offset in that row.
+        Read-only views; a shard's two columns are checked once, when first used (type, offsets, one entry per
+        sequence of ``cu_seqlens``).
 
         Raises:
             IndexError: index out of range.
+            PackerError: a shard's provenance columns are missing, of another type or of another count than its
+                sequences; the message names the shard and the row.
         """
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"pack index {index} out of range for {n:,} packs")
-        s, row = self.locate(index % n)
-        table = self._shard(s).table
+        shard, k, row = self._batch_of(index)
         out = []
         for name, dtype in ((fmt.SEQ_INDEX, np.int64), (fmt.SEQ_OFFSET, np.int32)):
-            values = table.column(name)[row].values  # numpy views of the Arrow buffers: no pandas import
-            width = np.dtype(dtype).itemsize
-            out.append(np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * width))
+            col = self._sequence_column(shard, name, dtype)[k]
+            out.append(col.values[col.offsets[row] : col.offsets[row + 1]])
         return out[0], out[1]
+
+    def _sequence_column(self, shard: _Shard, name: str, dtype) -> list[_Column]:
+        """A per-sequence column of ``shard`` (one list entry per sequence in ``cu_seqlens``), checked, per batch."""
+        cols = shard.columns.get(name)
+        if cols is None:
+            want = fmt.SCHEMA.field(name).type
+            schema = shard.table.schema
+            if name not in schema.names or schema.field(name).type != want:
+                raise PackerError(f"{shard.path}: no {name!r} column of type {want}; re-run 'packer pack'")
+            cols = []
+            for b in shard.batches:
+                col = _list_column(shard.path, b.record, name, b.row_start, dtype)
+                bad = np.flatnonzero(np.diff(col.offsets) != np.diff(b.cu.offsets) - 1)
+                if bad.shape[0]:
+                    raise _damaged(shard.path, b.row_start + int(bad[0]),
+                                   f"{name} and {fmt.CU_SEQLENS} disagree on the number of sequences")
+                cols.append(col)
+            shard.columns[name] = cols
+        return cols
 
     def _per_shard(self, fn) -> np.ndarray:
         parts = []
@@ -421,15 +447,7 @@ class PackedReader:
             shard = self._shard(s)
             for b in shard.batches:
                 lengths.append(_sequence_lengths(shard, b))
-                if fmt.SEQ_INDEX not in b.record.schema.names or \
-                        b.record.schema.field(fmt.SEQ_INDEX).type != fmt.SCHEMA.field(fmt.SEQ_INDEX).type:
-                    raise PackerError(f"{shard.path}: no {fmt.SEQ_INDEX!r} column of type "
-                                      f"{fmt.SCHEMA.field(fmt.SEQ_INDEX).type}; re-run 'packer pack'")
-                col = _list_column(shard.path, b.record, fmt.SEQ_INDEX, b.row_start, np.int64)
-                bad = np.flatnonzero(np.diff(col.offsets) != np.diff(b.cu.offsets) - 1)
-                if bad.shape[0]:
-                    raise _damaged(shard.path, b.row_start + int(bad[0]),
-                                   f"{fmt.SEQ_INDEX} and {fmt.CU_SEQLENS} disagree on the number of sequences")
+            for col in self._sequence_column(shard, fmt.SEQ_INDEX, np.int64):
                 index.append(col.values[col.offsets[0] : col.offsets[-1]].astype(np.int64))
         counts = self.num_sequences()
         offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
@@ -467,26 +485,15 @@ class PackedReader:
         multiple = self.pad_to_multiple_of
         if multiple is None:
             return None
-        n = self._row_starts_list[-1]
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"pack index {index} out of range for {n:,} packs")
-        s = bisect.bisect_right(self._row_starts_list, index) - 1
-        row = index - self._row_starts_list[s]
-        padded = self.__dict__.setdefault("_padded", {})
-        columns = padded.get(s)
+        shard, k, row = self._batch_of(index)
+        columns = shard.columns.get(fmt.CU_SEQLENS_PADDED)
         if columns is None:
-            columns = padded[s] = self._padded_columns(s, multiple)
-        shard = self._shards[s]
-        k = 0 if len(columns) == 1 else int(np.searchsorted(shard.batch_starts, row, side="right")) - 1
+            columns = shard.columns[fmt.CU_SEQLENS_PADDED] = self._padded_columns(shard, multiple)
         col = columns[k]
-        row -= shard.batches[k].row_start
         return col.values[col.offsets[row] : col.offsets[row + 1]]
 
-    def _padded_columns(self, s: int, multiple: int) -> list[_Column]:
-        """Shard ``s``'s padded boundaries per record batch, checked against its ``cu_seqlens``."""
-        shard = self._shard(s)
+    def _padded_columns(self, shard: _Shard, multiple: int) -> list[_Column]:
+        """The shard's padded boundaries per record batch, checked against its ``cu_seqlens``."""
         schema = shard.table.schema
         if fmt.CU_SEQLENS_PADDED not in schema.names:
             raise PackerError(f"{shard.path}: no column {fmt.CU_SEQLENS_PADDED!r}, but {fmt.MANIFEST_FILE} records "

@@ -88,7 +88,7 @@ def test_bad_multiple_is_refused(bad):
 
 def test_capacity_must_be_a_multiple():
     # the Python error names the parameters; the command line names its flags
-    with pytest.raises(PackerError, match=r"PackConfig\(capacity=100\): .*pad_to_multiple_of \(16\).*96 or 112"):
+    with pytest.raises(PackerError, match=r"PackConfig\(capacity=100\): must be a multiple of the alignment, 16 .*96 or 112"):
         PackConfig(capacity=100, pad_to_multiple_of=16)
     assert main(["pack", "nowhere", "-o", "out", "--max-length", "100", "--pad-to-multiple-of", "16"]) == 2
 
@@ -193,6 +193,9 @@ def numpy_aligned_layout(ids, labels, cu, cu_pad, length, pad_id):
     total = cu_pad[-1]
     out[2, :total] = np.arange(total) - np.repeat(cu_pad[:-1], spans)
     out[2, total:] = np.arange(length - total) % max(int(spans.max()), 1)  # restarts every longest span
+    is_pad = np.ones(length, dtype=bool)
+    is_pad[dst] = False
+    out[2, is_pad] = np.minimum(out[2, is_pad], int(lens.max()) - 1)  # no padding position past a real one
     return out
 
 
@@ -211,13 +214,14 @@ def test_aligned_kernel_matches_the_numpy_reference():
         labels[cu[:-1]] = IGNORE
         length = int(cu_pad[-1] + rng.integers(0, 20))
         rows = np.full((3, length), 7, dtype=np.int64)
-        period = int(np.diff(cu_pad).max())
-        count, bad = kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE, period)
+        period, top = int(np.diff(cu_pad).max()), int(lens.max()) - 1
+        count, bad = kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE, period,
+                                               top)
         assert (rows == numpy_aligned_layout(ids, labels, cu, cu_pad, length, 0)).all()
         assert count == int((labels != IGNORE).sum()) and bad == -1
         labels[cu[k - 1]] = 5
         assert kernels.fill_aligned_pack(ids, labels, cu, cu_pad, rows[0], rows[1], rows[2], 0, IGNORE,
-                                         period)[1] == k - 1
+                                         period, top)[1] == k - 1
 
 
 def expected_layout(item, offsets):
@@ -232,14 +236,18 @@ def expected_layout(item, offsets):
     n_real = int((ids[cu_pad[:-1]] != 0).sum())  # sequences (ids >= 1) first, then the padding segments
     assert (ids[cu_pad[:n_real]] != 0).all()
     longest = int(np.diff(cu_pad)[:n_real].max())
+    top = int(np.diff(cu_real)[:n_real].max()) - 1  # the longest real sequence's last position
+    assert pos.max() == top  # no padding position exceeds a real one (rope scaling, learned position tables)
     out = []
     for k in range(cu_pad.shape[0] - 1):
         a, span, n = int(cu_pad[k]), int(cu_pad[k + 1] - cu_pad[k]), int(cu_real[k + 1] - cu_real[k])
-        assert pos[a : a + span].tolist() == list(range(span))  # positions continue through the alignment padding
         sid = int(ids[a])
+        real = n if sid != 0 else 0  # a final padding segment counts whole in cu_seqlens_unpadded
+        # positions continue through the alignment padding, capped at the longest real sequence's last one
+        assert pos[a : a + span].tolist() == [min(j, top) if j >= real else j for j in range(span)]
         if sid == 0:  # the final padding segments: only pad ids from here on, none longer than the longest span
             assert n == span and (labels[a:] == IGNORE).all() and (ids[a:] == 0).all()
-            assert span % N == 0 and span <= longest and pos[a:].max() < longest
+            assert span % N == 0 and span <= longest
             continue
         want_ids, want_labels = seqs[sid]
         start = offsets[k]
@@ -268,6 +276,18 @@ def test_aligned_items(aligned):
         assert short["input_ids"].dtype == torch.int32
         assert torch.equal(short["input_ids"].long(), item["input_ids"][: short["input_ids"].shape[0]])
     assert sorted(n for _, n in seen) == sorted(split_lengths(LENGTHS, CAPACITY))
+
+
+def test_aligned_items_carry_sequence_ids(aligned):
+    """sequence_ids=True on an aligned folder: the pack's provenance, then -1/0 for each padding segment."""
+    ds = PackedDataset(aligned, sequence_ids=True)
+    rows = shard_rows(aligned)
+    for i in range(len(ds)):
+        item = ds[i]
+        k = len(rows[i][fmt.SEQ_INDEX])
+        segments = item["cu_seqlens"].shape[0] - 1
+        assert item["seq_index"].tolist() == rows[i][fmt.SEQ_INDEX] + [-1] * (segments - k)
+        assert item["seq_offset"].tolist() == rows[i][fmt.SEQ_OFFSET] + [0] * (segments - k)
 
 
 @pytest.mark.parametrize("flatten", [False, True])

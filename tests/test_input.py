@@ -338,6 +338,16 @@ def test_every_config_field_is_checked_at_construction(param, value, flag):
         assert FLAGS[param] == flag
 
 
+def test_numpy_numbers_in_the_config_are_stored_as_python_numbers(tmp_path):
+    """np.int64(20000) passed every check, then made the manifest unwritable after all shards were packed."""
+    config = PackConfig(capacity=np.int64(64), seed=np.int32(3), shard_size=np.int64(2), filler=np.float32(0.25),
+                        max_loss=np.float64(0.5), pad_to_multiple_of=np.int64(8))
+    assert all(type(v) in (int, float) for k, v in config.to_json().items() if k not in ("strategy", "overflow",
+                                                                                           "plan", "columns"))
+    src = write_arrow_file(tmp_path / "in.arrow", readable_table([3, 5, 9]))
+    assert pack_dataset(src, tmp_path / "out", config=config, progress=False)["config"]["capacity"] == 64
+
+
 @pytest.mark.parametrize("kw,param", [({"input_ids": ""}, "input_ids"), ({"labels": 3}, "labels"),
                                       ({"labels": "a", "loss_mask": "b"}, "loss_mask"),
                                       ({"labels": "input_ids"}, "labels")])

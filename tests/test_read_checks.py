@@ -364,3 +364,19 @@ def test_readers_racing_overwrites_read_one_version(tmp_path, versions):
     assert opened >= 5, (opened, refused)
     print(f"{opened} opens read one version ({len(seen)} seen), {refused} refused, {worker_refused} pickled copies "
           "refused")
+
+
+def test_provenance_columns_are_checked_before_use(tmp_path, versions):
+    """pack_sequences (per-example evaluation) returned a pack's seq_index however many entries it had."""
+    from tests._verify_helpers import read_shard_rows, rewrite_shard
+
+    out = _pack(versions[0][0], tmp_path / "out")
+    rows = read_shard_rows(out, 0)
+    rows[1][fmt.SEQ_INDEX] = rows[1][fmt.SEQ_INDEX][:-1] if len(rows[1][fmt.SEQ_INDEX]) > 1 else []
+    sequences = load_manifest(out)[fmt.MANIFEST_SHARDS][0]["sequences"]
+    rewrite_shard(out, 0, rows)  # counts the shard's sequences from seq_index: put the true count back
+    rewrite_manifest(out, lambda m: m[fmt.MANIFEST_SHARDS][0].update(sequences=sequences))
+    r = PackedReader(out)
+    assert len(r.pack_sequences(len(r) - 1)[0]) >= 1  # another shard: fine
+    with pytest.raises(PackerError, match="row 1: seq_index and cu_seqlens disagree on the number of sequences"):
+        r.pack_sequences(0)

@@ -5,8 +5,9 @@ A folder packed with ``packer pack --pad-to-multiple-of N`` stores, next to the 
 boundaries of every sequence's *padded span* (``cu_seqlens_padded``: its length rounded up to a multiple of N; see
 :mod:`packer.format`). :class:`packer.torch.PackedDataset` then lays a pack out in those spans (:func:`aligned_item`):
 each sequence's tokens, then its alignment padding (``pad_id``, label ``-100``, position ids continuing the
-sequence's own), and with ``pad=True`` the padding up to the capacity, in segments of at most the longest span
-(multiples of N, positions restarting at 0 in each). In that layout:
+sequence's own), and with ``pad=True`` the padding up to the capacity, in segments of the longest span (multiples
+of N, positions restarting at 0 in each); no padding position exceeds the longest real sequence's last one. In
+that layout:
 
 =========================  ===============================  =====================================================
 packer key                 Megatron / TransformerEngine     meaning
@@ -75,13 +76,14 @@ def aligned_item(reader, index: int, *, length: int | None, pad_id: int, dtype: 
     rows = np.empty((3, length), dtype=dtype)
     ids_row, labels_row, pos_row = rows
     # alignment padding continues its sequence's positions (it belongs to the span); the final padding is cut into
-    # segments of at most the longest span, each restarting at 0 (a multiple of N each, so CP chunks stay whole), so
-    # that no padding position exceeds the largest real one (rope scaling, learned position tables: see
-    # PackedDataset). A kernel: items took 260 us with numpy scatters, 80 us so (bench_align.py)
-    spans = np.diff(cu_pad)
-    period = max(int(spans.max()) if spans.shape[0] else 0, 1)
+    # segments of the longest span, each restarting at 0 (a multiple of N each, so CP chunks stay whole); every
+    # padding position is capped at the longest real sequence's last one, so no padding position exceeds a real
+    # one (rope scaling, learned position tables: see PackedDataset). A kernel: items took 260 us with numpy
+    # scatters, 80 us so (bench_align.py)
+    period = max(int(np.diff(cu_pad).max()), 1)
+    max_position = int(np.diff(cu).max()) - 1  # cu is checked: at least one sequence of at least one token
     n_labels, bad = kernels.fill_aligned_pack(ids, labels, cu, cu_pad, ids_row, labels_row, pos_row, pad_id,
-                                              fmt.IGNORE_INDEX, period)
+                                              fmt.IGNORE_INDEX, period, max_position)
     if bad >= 0:
         s, row = reader.locate(index if index >= 0 else index + len(reader))
         raise PackerError(f"{reader.shard_paths[s]}: row {row}, sequence {int(bad)} has a trained label at its "

@@ -165,8 +165,9 @@ class PackedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         index = self._index(index)
         if self._aligned:
-            return aligned_item(self.reader, index, length=self.capacity if self.pad else None, pad_id=self.pad_id,
+            item = aligned_item(self.reader, index, length=self.capacity if self.pad else None, pad_id=self.pad_id,
                                 dtype=self._np_dtype)
+            return self._add_sequence_ids(item, index, item["cu_seqlens_unpadded"].shape[0] - 1)
         ids, labels, cu = self.reader.pack(index)
         rows = np.empty((3, self.capacity if self.pad else ids.shape[0]), dtype=self._np_dtype)
         r0, r1, r2 = rows
@@ -231,9 +232,14 @@ class PackedDataset(Dataset):
             num_tokens=n,
             index=index,
         )
+        return self._add_sequence_ids(item, index, cu_out.shape[0] - 1)
+
+    def _add_sequence_ids(self, item: dict, index: int, segments: int) -> dict:
+        """With ``sequence_ids``: the pack's ``seq_index`` and ``seq_offset``, then ``-1`` and ``0`` for each of the
+        item's padding segments (``segments`` in all)."""
         if self.sequence_ids:
             seq_index, seq_offset = self.reader.pack_sequences(index)
-            pad_segments = cu_out.shape[0] - cu.shape[0]
+            pad_segments = segments - seq_index.shape[0]
             item["seq_index"] = torch.from_numpy(np.concatenate([seq_index, np.full(pad_segments, -1, np.int64)]))
             item["seq_offset"] = torch.from_numpy(np.concatenate([seq_offset, np.zeros(pad_segments, np.int32)]))
         return item
