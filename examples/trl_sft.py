@@ -30,9 +30,9 @@ def build_trainer(packed: str, output_dir: str, model, tokenizer, **overrides) -
         save_strategy="no",
         **overrides,
     )
-    check_sft_config(config)
-    return SFTTrainer(model=model, args=config, train_dataset=datasets.load_from_disk(packed),
-                      processing_class=tokenizer)
+    dataset = datasets.load_from_disk(packed)
+    check_sft_config(config, dataset)
+    return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
 
 
 def tiny_model_and_tokenizer(vocab_size: int):

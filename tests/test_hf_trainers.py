@@ -138,6 +138,12 @@ def test_trl_sft_trainer_padding_free_trains_each_sequence_alone(packed, lengths
     with pytest.raises(PackerError, match="packing=False"):
         check_sft_config(SFTConfig(output_dir=str(tmp_path), padding_free=True, packing=True, max_length=64,
                                    use_cpu=True))
+    import datasets
+
+    legacy = datasets.load_from_disk(str(packed)).remove_columns(["seq_lengths"])  # a folder packed before it
+    with pytest.raises(PackerError, match="no 'seq_lengths' column"):
+        check_sft_config(SFTConfig(output_dir=str(tmp_path), padding_free=True, max_length=None, use_cpu=True),
+                         legacy)
     files = sorted(p.name for p in packed.iterdir())
     example = _example("trl_sft")
     model, tokenizer = example.tiny_model_and_tokenizer(len(lengths) + 2)

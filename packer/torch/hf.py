@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from transformers import Trainer
 
+from packer import format as fmt
 from packer.errors import PackerError
 from packer.torch.collate import PackedCollator
 from packer.torch.sampler import PackSampler
@@ -73,7 +74,7 @@ class PackedTrainer(Trainer):
         return data_collator
 
 
-def check_sft_config(config) -> None:
+def check_sft_config(config, dataset=None) -> None:
     """Raise unless a TRL ``SFTConfig`` trains a packed folder (``datasets.load_from_disk``) correctly.
 
     Required (TRL 1.16, tests/test_hf_trainers.py): ``padding_free=True`` (else TRL pads rows with an all-ones
@@ -81,9 +82,22 @@ def check_sft_config(config) -> None:
     again, as single sequences), ``max_length=None`` (TRL's default 1024 would cut every pack; with
     ``padding_free`` TRL itself refuses a ``max_length`` without packing).
 
+    Args:
+        config: the ``SFTConfig``.
+        dataset: the ``datasets.Dataset`` of the packed folder, checked too: without its
+            :data:`packer.format.SEQ_LENGTHS` column (folders packed before it existed) TRL numbers the positions
+            over the whole pack and attends across its sequences.
+
     Raises:
         PackerError: naming each setting to change.
     """
+    if dataset is not None and fmt.SEQ_LENGTHS not in (getattr(dataset, "column_names", None) or ()):
+        raise PackerError(
+            f"the dataset has no {fmt.SEQ_LENGTHS!r} column (columns: {getattr(dataset, 'column_names', None)}), "
+            "which TRL's padding-free collator needs to restart the positions at every packed sequence; without it "
+            "every pack is attended as one sequence. Re-run 'packer pack' (folders packed before the column "
+            "existed lack it)"
+        )
     wrong = []
     if not getattr(config, "padding_free", False):
         wrong.append("padding_free=True (else every pack is attended as one sequence)")
