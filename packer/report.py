@@ -71,7 +71,7 @@ from packer.plan import (
     plan_packs,
 )
 from packer.schedule import epoch_schedule, exact_epochs, run_counts, total_steps
-from packer.stats import LOSS_WARNING, compute_stats
+from packer.stats import LOSS_WARNING, compute_stats, loss_shares
 
 log = logging.getLogger(__name__)
 
@@ -470,6 +470,15 @@ def _reference_steps(samples: int, epochs, batch: int) -> tuple[float, int]:
     return float(Fraction(samples, batch)), math.ceil(Fraction(samples) * exact_epochs(epochs) / batch)
 
 
+def _count(stats: dict, key: str) -> int:
+    """An optional count of the statistics (0 when absent: packed by an older packer)."""
+    v = stats.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise PackerError(f"the statistics' {key!r} is {v!r:.40}, not a count; the manifest is damaged, re-run "
+                          "'packer pack'")
+    return v
+
+
 def _lost(stats: dict) -> tuple[int, int]:
     """Rows and tokens the overflow policy left out of the packs (dropped, or cut off by truncation)."""
     rows = int(stats["sequences_dropped"]) + int(stats["sequences_truncated"])
@@ -543,9 +552,17 @@ def _packing_column(seg_lengths: np.ndarray, pack_offsets: np.ndarray, *, n_rows
     run = run_counts(pack_sequences, world=setup.num_gpus, batch_size=setup.packing_batch_size,
                      grad_accum=setup.packing_accumulation, epochs=setup.epochs, seed=setup.sampler_seed)
     lost_rows, lost_tokens = _lost(stats)
+    # what the data_loss warning weighs: the definition packer pack warns with (untrainable sequences included)
+    loss_sequences, loss_tokens = loss_shares(
+        rows=n_rows, tokens=int(stats["tokens_in"]), dropped_rows=int(stats["sequences_dropped"]),
+        dropped_tokens=int(stats["tokens_dropped"]), truncated_tokens=int(stats["tokens_truncated"]),
+        untrainable_rows=_count(stats, "sequences_untrainable"), untrainable_tokens=_count(stats, "tokens_untrainable"))
     return {
         "total_samples": n_rows,
         "samples_analyzed": n_seg,
+        "loss_sequences": loss_sequences,
+        "loss_tokens": loss_tokens,
+        "sequences_untrainable": _count(stats, "sequences_untrainable"),
         "per_device_train_batch_size": setup.packing_batch_size,
         "effective_batch_size": setup.effective_batch_size,
         "num_gpus": setup.num_gpus,
@@ -709,13 +726,16 @@ def _warnings(pad: dict, pack: dict, setup: TrainingSetup, overflow: str):
             f"({pack['total_optimizer_steps']:,} in all): too few for a learning-rate schedule (warmup and decay "
             f"need at least {MIN_STEPS_PER_EPOCH} per epoch); lower --effective-batch-size or --max-length")
     threshold = setup.loss_warning
-    if pack["data_loss"] > threshold or pack["data_loss_tokens"] > threshold:
+    if pack["loss_sequences"] > threshold or pack["loss_tokens"] > threshold:
         how = {"drop": "dropped", "truncate": "cut by truncation"}.get(overflow, "lost")
+        untrainable = pack["sequences_untrainable"]
         yield ReportWarning(
             "data_loss",
-            f"the overflow policy loses {pack['data_loss']:.2%} of the rows and {pack['data_loss_tokens']:.2%} of "
-            f"the tokens ({pack['tokens_lost']:,} tokens {how}), more than {threshold:.0%}; pass --overflow split "
-            "to keep every token, or a larger --max-length")
+            f"the packing loses {pack['loss_sequences']:.2%} of the rows and {pack['loss_tokens']:.2%} of the "
+            f"tokens ({pack['tokens_lost']:,} tokens {how} by the overflow policy"
+            + (f", {untrainable:,} sequences with no trained token" if untrainable else "")
+            + f"), more than {threshold:.0%} (the threshold packer pack warns at); pass --overflow split to keep "
+            "every token, or a larger --max-length")
     left = pack["packs_left_out_per_epoch"]
     if left and left / pack["packs"] > threshold:
         yield ReportWarning(
@@ -748,8 +768,8 @@ def _notes(pad: dict, pack: dict, setup: TrainingSetup, stats: dict, cost: dict)
         if pack[key]:
             lost.append(f"{pack[key]:,} {what}")
     for key, what in OPTIONAL_STATS:  # counted by newer packers only
-        if stats.get(key):
-            lost.append(f"{int(stats[key]):,} {what}")
+        if _count(stats, key):
+            lost.append(f"{_count(stats, key):,} {what}")
     both = "padding: every row whole (--padding-full-rows); packing: " if setup.padding_full_rows else "both: "
     analysed = both + "; ".join(lost) if lost else "every non-empty row in both"
     speed = f"real tokens per unit of cost, {cost['name']} cost model (below); run time " \

@@ -5,6 +5,23 @@ import numpy as np
 
 from packer.plan import PackPlan, Segments, padded_lengths
 
+def loss_shares(*, rows: int, tokens: int, dropped_rows: int, dropped_tokens: int, truncated_tokens: int,
+                untrainable_rows: int = 0, untrainable_tokens: int = 0) -> tuple[float, float]:
+    """The shares of the input's sequences and tokens a packing loses: the one definition behind ``packer pack``'s
+    warning and ``--max-loss``, the statistics ``loss_sequences``/``loss_tokens`` and ``packer report``'s
+    ``data_loss`` warning.
+
+    A sequence is lost when dropped or left with no trained token; a truncated one that still trains loses only the
+    tokens cut off, so nothing is counted twice. Tokens lost: dropped, cut off, and those of untrainable sequences.
+
+    Returns:
+        ``(sequence share, token share)``, each in [0, 1] (0 for an empty input).
+    """
+    lost_rows = dropped_rows + untrainable_rows
+    lost_tokens = dropped_tokens + truncated_tokens + untrainable_tokens
+    return (lost_rows / rows if rows else 0.0), (lost_tokens / tokens if tokens else 0.0)
+
+
 LOSS_WARNING = 0.01
 """A share of the input's tokens or sequences lost (dropped, truncated, or left with no trained token) above which
 ``packer pack`` warns on stderr with the option that keeps them (``--max-loss`` makes it an error), and ``packer
@@ -72,9 +89,10 @@ def compute_stats(lengths: np.ndarray, segments: Segments, plan: PackPlan, *, la
         seqs, toks = (int(x) for x in untrainable)
         stats["sequences_untrainable"] = seqs
         stats["tokens_untrainable"] = toks
-        lost = segments.dropped_rows + seqs
-        stats["loss_sequences"] = lost / segments.n_rows if segments.n_rows else 0.0
-        stats["loss_tokens"] = (lost_tokens + toks) / segments.tokens_in if segments.tokens_in else 0.0
+        stats["loss_sequences"], stats["loss_tokens"] = loss_shares(
+            rows=segments.n_rows, tokens=segments.tokens_in, dropped_rows=segments.dropped_rows,
+            dropped_tokens=segments.dropped_tokens, truncated_tokens=segments.truncated_tokens,
+            untrainable_rows=seqs, untrainable_tokens=toks)
     return stats
 
 
