@@ -367,8 +367,8 @@ def pack_dataset(
         fingerprint = input_fingerprint(catalog)
         timings["open"] = time.perf_counter() - t
         if verify and (is_uri(output) or any(is_uri(f.name) for f in catalog.files)):
-            raise PackerError("--verify reads the input and the output through local paths; pack URIs without "
-                              "--verify, or verify a local copy with 'packer verify'")
+            raise PackerError("verify=True (--verify) reads the input and the output through local paths; pack "
+                              "URIs without it, or verify a local copy with 'packer verify'")
         # a repacked folder is checked on its own: its provenance points at rows of an input it was not read from
         verify_inputs = (None if catalog.origin is not None else catalog if label is not None
                          else [f.name for f in catalog.files])
@@ -390,8 +390,8 @@ def pack_dataset(
         _check_loss(segments, config, LabelCounts(0, 0, 0), final=False)
         shard_tokens = np.add.reduceat(plan.pack_tokens, np.arange(0, plan.n_packs, config.shard_size))
         if shard_tokens.max() > INT32_MAX:
-            raise PackerError(f"--shard-size {config.shard_size:,} puts {int(shard_tokens.max()):,} tokens in one "
-                              "shard, more than int32 list offsets hold (2**31 - 1); pass a smaller --shard-size")
+            raise PackerError(f"shard_size (--shard-size) {config.shard_size:,} puts {int(shard_tokens.max()):,} "
+                              "tokens in one shard, more than int32 list offsets hold (2**31 - 1); pass a smaller one")
 
         t = time.perf_counter()
         n_shards = math.ceil(plan.n_packs / config.shard_size)

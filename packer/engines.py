@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
-from packer.errors import PackerError
+from packer.errors import ConfigError, PackerError
 from packer.jobs import ShardJob, ShardResult, build_job_table, run_shard_job, write_job_table
 from packer.shards import ShardBuffers
 
@@ -29,11 +29,11 @@ RAY_INSTALL = "pip install 'packer-llm[ray]' (or pip install 'ray>=2.9')"
 
 
 def check_engine(engine: str, workers: int) -> None:
-    """Raise :class:`PackerError` for an unknown engine or a bad worker count."""
+    """Raise :class:`packer.errors.ConfigError` for an unknown engine or a bad worker count."""
     if engine not in ENGINES:
-        raise PackerError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise ConfigError("pack_dataset", "engine", engine, f"unknown engine; choose one of {', '.join(ENGINES)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise PackerError(f"workers must be a positive integer, got {workers!r}")
+        raise ConfigError("pack_dataset", "workers", workers, "must be a positive number of processes")
 
 
 def import_ray():
@@ -41,7 +41,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise PackerError(f"--engine ray needs Ray, which is not installed; {RAY_INSTALL}") from None
+        raise PackerError(f"engine='ray' (--engine ray) needs Ray, which is not installed; {RAY_INSTALL}") from None
     return ray
 
 

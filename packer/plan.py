@@ -83,10 +83,10 @@ def _check_capacity(capacity) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
         raise PackerError(f"capacity must be an integer, got {capacity!r}")
     if capacity <= 0:
-        raise PackerError(f"capacity must be positive, got {capacity}; pass --max-length 20000 or another size")
+        raise PackerError(f"capacity must be positive, got {capacity}; pass 20000 (--max-length 20000) or another size")
     if capacity > MAX_CAPACITY:
         raise PackerError(f"capacity {capacity:,} is more than packer supports ({MAX_CAPACITY:,} tokens, bounded by "
-                          "the memory of the packing kernels); pass a smaller --max-length")
+                          "the memory of the packing kernels); pass a smaller capacity (--max-length)")
     return int(capacity)
 
 

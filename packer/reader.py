@@ -54,7 +54,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from packer import format as fmt
-from packer.errors import PackerError
+from packer.errors import ConfigError, PackerError
 from packer.format import MANIFEST_FILE
 from packer.packed_reader import PackedReader
 
@@ -78,27 +78,6 @@ DOCS_INPUT = "docs/input.md"
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval", "evaluation")
 """Names that mark a split of a dataset when a folder or a file name is one of them (the Hugging Face hub's
 ``data/train-00000-of-00002.parquet``, a ``DatasetDict`` folder's ``train/``)."""
-
-
-class ConfigError(PackerError):
-    """A bad value for a parameter of :class:`Columns`, :class:`packer.convert.PackConfig` or ``pack_dataset``.
-
-    The message names the Python parameter (``PackConfig(capacity=0): ...``); the CLI prints the flag instead
-    (``--max-length 0: ...``) with :meth:`message_for`.
-
-    Attributes:
-        owner: the class or function (``"PackConfig"``).
-        param: the parameter.
-        value: what was given.
-        rule: what it must be.
-    """
-
-    def __init__(self, owner: str, param: str, value, rule: str):
-        self.owner, self.param, self.value, self.rule = owner, param, value, rule
-        super().__init__(self.message_for(f"{owner}({param}={value!r})"))
-
-    def message_for(self, where: str) -> str:
-        return f"{where}: {self.rule}"
 
 
 def _column_name(owner: str, param: str, value, *, optional: bool) -> None:

@@ -232,7 +232,7 @@ def test_cli_workers_plan_and_summary_line(tmp_path, four_files, capsys):
     assert err[-1].startswith(f"packer: packed {m['stats']['tokens_out']:,} tokens") and "M tok/s" in err[-1]
     assert err[-1].endswith("(local engine, 2 workers)")
     assert main(["pack", *files, "-o", str(tmp_path / "x"), "--workers", "0"]) == 2
-    assert "workers must be a positive integer" in capsys.readouterr().err
+    assert "--workers 0: must be a positive number of processes" in capsys.readouterr().err  # the flag, not workers=
     assert main(["pack", *files, "-o", str(tmp_path / "x"), "--plan", "grouped", "--group-size", "0"]) == 2
     assert "group size must be a positive" in capsys.readouterr().err
 

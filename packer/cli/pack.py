@@ -27,7 +27,8 @@ from packer.engines import DEFAULT_ENGINE, ENGINES
 from packer.jobs import DEFAULT_PLAN, PLANS
 from packer.plan import DEFAULT_OVERFLOW, DEFAULT_FILLER, DEFAULT_STRATEGY, OVERFLOW_POLICIES, STRATEGIES
 from packer.errors import PackerError
-from packer.reader import Columns, ConfigError
+from packer.errors import ConfigError
+from packer.reader import Columns
 from packer.stats import format_stats
 
 NAME = "pack"
@@ -97,6 +98,7 @@ FLAGS = {
     "overflow": "--overflow", "shard_size": "--shard-size", "plan": "--plan", "group_size": "--group-size",
     "max_loss": "--max-loss", "input_ids": "--input-column", "labels": "--labels-column",
     "loss_mask": "--loss-mask-column", "split": "--split", "pad_to_multiple_of": "--pad-to-multiple-of",
+    "workers": "--workers", "engine": "--engine",
 }
 """The flag of each parameter of PackConfig, Columns and pack_dataset, for messages."""
 
