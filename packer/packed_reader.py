@@ -332,6 +332,11 @@ class PackedReader:
         finally:
             os.close(fd)
 
+    def record_batches(self, s: int) -> list[pa.RecordBatch]:
+        """Shard ``s``'s non-empty record batches, from the memory map opened (and checked) with the folder: the same
+        version of the file as the manifest, never reopened by path in this process."""
+        return [b.record for b in self._shard(s).batches]
+
     def locate(self, index: int) -> tuple[int, int]:
         """``(shard, row)`` of global pack ``index`` (0 <= index < len(self))."""
         s = int(np.searchsorted(self.row_starts, index, side="right")) - 1

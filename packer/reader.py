@@ -852,12 +852,10 @@ def scan_packed(folder, *, columns: Columns = Columns(), staging: str) -> Tokeni
         read = _stage_name(staging, f, str(path))
         row0, nb, pack0 = row, 0, 0
         rfs, rinner, _ = filesystem(read)
-        with pa.memory_map(str(path), "r") as src, rfs.open_output_stream(rinner) as sink, \
-                pa.ipc.new_file(sink, schema) as w:
-            for batch in pa.ipc.open_stream(src):
+        # the reader's own maps, opened through the folder with the manifest (regular files, one version)
+        with rfs.open_output_stream(rinner) as sink, pa.ipc.new_file(sink, schema) as w:
+            for batch in reader.record_batches(f):
                 pack0 += batch.num_rows
-                if not batch.num_rows:
-                    continue
                 seqs, si, so = _sequences_of(path, batch, pack0 - batch.num_rows)
                 if (so != 0).any():
                     raise PackerError(
