@@ -70,7 +70,7 @@ def main() -> int:
         folder = DATA / "read_checks_packed"
         if not (folder / "packer.json").exists():
             from packer.convert import PackConfig, pack_dataset
-            from packer.synthetic import reference_like_lengths, reference_like_table
+            from data_samples.synthetic import reference_like_lengths, reference_like_table
             import pyarrow as pa
 
             DATA.mkdir(parents=True, exist_ok=True)
