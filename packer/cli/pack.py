@@ -36,7 +36,7 @@ HELP = "pack tokenized shards into packed shards with cu_seqlens"
 
 
 def _choices_help(choices: dict) -> str:
-    return "; ".join(f"{k}: {v}" for k, v in choices.items()).replace("%", "%%") + " (default %(default)s)"
+    return "; ".join(f"{k}: {v.rstrip('.')}" for k, v in choices.items()).replace("%", "%%") + " (default %(default)s)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

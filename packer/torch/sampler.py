@@ -52,7 +52,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from packer.errors import PackerError
-from packer.schedule import EpochSchedule, epoch_schedule
+from packer.schedule import EpochSchedule, epoch_schedule, kept_samples
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +237,7 @@ class PackSampler(Sampler[int]):
 
     # ---------------------------------------------------------------- plans
     def _order(self, epoch: int) -> np.ndarray:
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        else:
-            order = np.arange(self.n, dtype=np.int64)
-        return order[: self.packs_per_rank * self.num_replicas]
+        return self._order_for(epoch, self.num_replicas)
 
     def plain_plan(self, epoch: int) -> np.ndarray:
         """Every rank's packs without balancing, int64 (num_replicas, packs_per_rank): ``order[rank::W]``."""
@@ -296,11 +292,8 @@ class PackSampler(Sampler[int]):
         return plan
 
     def _order_for(self, epoch: int, world: int) -> np.ndarray:
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        else:
-            order = np.arange(self.n, dtype=np.int64)
-        return order[: self.n // world * world]
+        # the epoch's kept packs in order: the one definition the report predicts from (packer.schedule)
+        return kept_samples(self.n, world=world, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
 
     def _balance_window(self, chunk: np.ndarray, rng: np.random.Generator, world: int) -> list[np.ndarray]:
         m = self.packs_per_step
