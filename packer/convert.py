@@ -379,19 +379,8 @@ def pack_dataset(
                     _verify_or_raise(output, verify_inputs, published=True)
                 return done
         t = time.perf_counter()
-        segments, plan, plan_info = make_plan(catalog.lengths, config=config, file_rows=catalog.file_rows)
+        segments, plan, plan_info = _checked_plan(catalog, config)
         timings["plan"] = time.perf_counter() - t
-        if plan.n_packs == 0:
-            raise PackerError(f"{catalog.files[0].name}: the input holds no tokens to pack ({segments.n_rows} rows, "
-                              f"all empty{' or dropped' if segments.dropped_rows else ''})")
-        if segments.empty_rows:
-            log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics",
-                        segments.empty_rows)
-        _check_loss(segments, config, LabelCounts(0, 0, 0), final=False)
-        shard_tokens = np.add.reduceat(plan.pack_tokens, np.arange(0, plan.n_packs, config.shard_size))
-        if shard_tokens.max() > INT32_MAX:
-            raise PackerError(f"shard_size (--shard-size) {config.shard_size:,} puts {int(shard_tokens.max()):,} "
-                              "tokens in one shard, more than int32 list offsets hold (2**31 - 1); pass a smaller one")
 
         t = time.perf_counter()
         n_shards = math.ceil(plan.n_packs / config.shard_size)
@@ -420,24 +409,12 @@ def pack_dataset(
             stats.update(plan_info)
             if config.pad_to_multiple_of is not None:
                 stats.update(alignment_stats(segments, plan, config.pad_to_multiple_of))
-            out_bytes = sum(s.bytes for s in writer.shards)
             manifest = {
                 fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,
                 fmt.MANIFEST_VERSION: fmt.FORMAT_VERSION,
                 "packer_version": __version__,
                 fmt.MANIFEST_CONFIG: config.to_json(),
-                fmt.MANIFEST_INPUT: {
-                    "files": [
-                        {"path": f.name if is_uri(f.name) or f.name == label else os.path.abspath(f.name),
-                         "rows": int(f.rows),
-                         "bytes": int(f.bytes)}
-                        for f in catalog.files
-                    ],
-                    "rows": catalog.n_rows,
-                    "tokens": segments.tokens_in,
-                    "fingerprint": fingerprint,
-                    **_repacked(catalog),
-                },
+                fmt.MANIFEST_INPUT: _input_entry(catalog, segments, fingerprint, label),
                 fmt.MANIFEST_STATS: stats,
                 fmt.MANIFEST_RUN: {
                     "seconds": {k: round(v, 4) for k, v in timings.items()},
@@ -446,7 +423,7 @@ def pack_dataset(
                     "engine": engine,
                     "workers": slots,
                     "tokens_per_second": round(plan.tokens / timings["total"], 1),
-                    "output_bytes": out_bytes,
+                    "output_bytes": sum(s.bytes for s in writer.shards),
                 },
             }
             manifest = writer.finish(
@@ -455,6 +432,40 @@ def pack_dataset(
         _remove(staging)
     log.info("%s", summary_line(manifest))
     return manifest
+
+
+def _checked_plan(catalog: TokenizedInput, config: PackConfig):
+    """``make_plan``'s ``(segments, plan, info)``, refused before any shard is written when it packs nothing, loses
+    more than ``config.max_loss`` to the overflow policy, or puts more tokens in a shard than int32 offsets hold."""
+    segments, plan, plan_info = make_plan(catalog.lengths, config=config, file_rows=catalog.file_rows)
+    if plan.n_packs == 0:
+        raise PackerError(f"{catalog.files[0].name}: the input holds no tokens to pack ({segments.n_rows} rows, "
+                          f"all empty{' or dropped' if segments.dropped_rows else ''})")
+    if segments.empty_rows:
+        log.warning("skipped %d empty sequences (no tokens); they are counted in the statistics", segments.empty_rows)
+    _check_loss(segments, config, LabelCounts(0, 0, 0), final=False)
+    shard_tokens = np.add.reduceat(plan.pack_tokens, np.arange(0, plan.n_packs, config.shard_size))
+    if shard_tokens.max() > INT32_MAX:
+        raise PackerError(f"shard_size (--shard-size) {config.shard_size:,} puts {int(shard_tokens.max()):,} "
+                          "tokens in one shard, more than int32 list offsets hold (2**31 - 1); pass a smaller one")
+    return segments, plan, plan_info
+
+
+def _input_entry(catalog: TokenizedInput, segments, fingerprint: str, label: str | None) -> dict:
+    """The manifest's ``input``: the files (local paths absolute; a ``datasets.Dataset`` by ``label``), rows,
+    tokens, fingerprint, and for a repacked folder where it came from."""
+    return {
+        "files": [
+            {"path": f.name if is_uri(f.name) or f.name == label else os.path.abspath(f.name),
+             "rows": int(f.rows),
+             "bytes": int(f.bytes)}
+            for f in catalog.files
+        ],
+        "rows": catalog.n_rows,
+        "tokens": segments.tokens_in,
+        "fingerprint": fingerprint,
+        **_repacked(catalog),
+    }
 
 
 def summary_line(manifest: dict) -> str:
