@@ -98,6 +98,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from packer.errors import PackerError
+from packer.plan import MAX_CAPACITY as PLAN_MAX_CAPACITY
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +300,10 @@ MAX_MANIFEST_DEPTH = 32
 before anything recurses into it."""
 MAX_SHARDS = 99_999
 """Most shards a folder can have: :data:`SHARD_PATTERN` numbers them with five digits."""
-MAX_CAPACITY = 2**31 - 1
-"""Largest ``config.capacity``: a pack's length is an int32 offset (``cu_seqlens``)."""
+MAX_CAPACITY = PLAN_MAX_CAPACITY
+"""Largest ``config.capacity`` a reader accepts: the largest ``packer pack`` writes (:data:`packer.plan.MAX_CAPACITY`,
+2**24 tokens). A crafted manifest with a larger one would make every padded item that long (2**31 - 1 tokens: 48
+GiB of three int64 rows)."""
 
 # Manifest schema. Every reader (the dataset, ``packer stats``, ``report``, ``verify``) checks these before it uses
 # a field, so that a damaged or crafted manifest is a PackerError naming the field, never a TypeError or KeyError.

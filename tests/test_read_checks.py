@@ -181,7 +181,9 @@ def test_damaged_cu_seqlens_is_a_packer_error_naming_shard_and_row(tmp_path, ver
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: m["config"].update(capacity=10**8), r"stats\.capacity is 64 but config\.capacity is 100,000,000"),
+    (lambda m: m["config"].update(capacity=10**6), r"stats\.capacity is 64 but config\.capacity is 1,000,000"),
+    # more than packer ever writes, even restated in the stats: every item would be that long (48 GiB at 2**31 - 1)
+    (lambda m: set_capacity(m, 2**31 - 1), r"config\.capacity is 2147483647, not an integer in 1\.\.16,777,216"),
     (lambda m: m["shards"].pop(), r"shard entry 0 names file 'data-00000-of-\d+\.arrow', expected"),
     (lambda m: m["shards"][0].update(file="../../outside/x.arrow"), r"names file '\.\./\.\./outside/x\.arrow'"),
     (lambda m: m["shards"][0].update(rows="3"), r"shard entry 0 has rows '3', not a non-negative integer"),
@@ -224,9 +226,9 @@ def test_manifest_nested_100000_deep_or_huge(tmp_path, versions, capsys):
 def test_capacity_the_stats_contradict_is_a_verify_defect(tmp_path, versions):
     srcs, _ = versions
     folder = _pack(srcs[0], tmp_path / "p")
-    rewrite_manifest(folder, lambda m: m["config"].update(capacity=10**8))
+    rewrite_manifest(folder, lambda m: m["config"].update(capacity=10**6))
     report = verify_packed(folder)
-    assert report.failed() == ["manifest"] and "config.capacity is 100,000,000" in report.format()
+    assert report.failed() == ["manifest"] and "config.capacity is 1,000,000" in report.format()
     # restated consistently (config and stats), it is what the manifest says: opens, items that long
     rewrite_manifest(folder, lambda m: set_capacity(m, 1000))
     assert verify_packed(folder).ok and PackedReader(folder).capacity == 1000
