@@ -732,8 +732,10 @@ def resolve_columns(uris: list[str], schemas: list[pa.Schema], columns: Columns)
     return columns
 
 
-def _check_padding(uri: str, batch: pa.RecordBatch, row0: int) -> None:
-    """Refuse a batch whose ``attention_mask`` has zeros: padded rows, whose pad tokens would be packed as text."""
+def _check_padding(uri: str, batch: pa.RecordBatch, row0: int, input_ids: str) -> None:
+    """Refuse a batch whose ``attention_mask`` has zeros (padded rows, whose pad tokens would be packed as text),
+    or does not read as a mask of its rows (another length than the tokens, values other than 0 and 1): then the
+    tokens may not be what they seem either."""
     col = batch.column(ATTENTION_MASK)
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or col.null_count:
         return
@@ -741,7 +743,21 @@ def _check_padding(uri: str, batch: pa.RecordBatch, row0: int) -> None:
     if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)) or values.null_count:
         return
     offsets = col.offsets.to_numpy()
+    ids = batch.column(input_ids)
+    if hasattr(ids, "offsets"):  # a list column (its type is checked elsewhere)
+        wrong = np.flatnonzero(np.diff(offsets) != np.diff(ids.offsets.to_numpy()))
+        if wrong.shape[0]:
+            r = int(wrong[0])
+            raise PackerError(
+                f"{uri}: column {ATTENTION_MASK!r} row {row0 + r} has {int(offsets[r + 1] - offsets[r]):,} entries "
+                f"for {int(ids.offsets[r + 1].as_py() - ids.offsets[r].as_py()):,} {input_ids}; an attention mask "
+                "has one entry per token: re-tokenize, or drop the column")
     m = values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+    if not pa.types.is_boolean(values.type) and ((m < 0) | (m > 1)).any():
+        bad = int(np.flatnonzero((m < 0) | (m > 1))[0])
+        r = int(np.searchsorted(offsets[1:] - offsets[0], bad, side="right"))
+        raise PackerError(f"{uri}: column {ATTENTION_MASK!r} row {row0 + r} holds {int(m[bad])}; an attention mask "
+                          "holds 0 (padding) and 1 (a token): re-tokenize, or drop the column")
     if m.all():
         return
     zero = m == 0
@@ -947,7 +963,7 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
             row0 = row
             for b, batch in enumerate(it):
                 if padded:
-                    _check_padding(uri, batch, row - row0)
+                    _check_padding(uri, batch, row - row0, columns.input_ids)
                 n = _check_batch(uri, batch, names, row - row0)
                 if batch.num_rows:
                     batches.append((f, b, row))

@@ -258,6 +258,14 @@ def test_unpadded_attention_mask_is_fine_and_a_gapped_one_is_not_padding(tmp_pat
     gap = write_arrow_file(tmp_path / "gap.arrow",
                            t.append_column("attention_mask", pa.array([[1, 0, 1], [1, 1]], pa.list_(pa.int64()))))
     refused(capsys, ["pack", str(gap), "-o", str(tmp_path / "o2")], "row 0 is a mask with gaps")
+    # a mask that is not one of these rows' masks: another length, or values other than 0 and 1
+    short = write_arrow_file(tmp_path / "short.arrow",
+                             t.append_column("attention_mask", pa.array([[1, 1, 1], [1]], pa.list_(pa.int64()))))
+    refused(capsys, ["pack", str(short), "-o", str(tmp_path / "o3")], "row 1 has 1 entries for 2 input_ids")
+    two = write_arrow_file(tmp_path / "two.arrow",
+                           t.append_column("attention_mask", pa.array([[1, 2, 1], [1, 1]], pa.list_(pa.int64()))))
+    refused(capsys, ["pack", str(two), "-o", str(tmp_path / "o4")], "row 0 holds 2; an attention mask holds 0")
+    assert not [p for p in tmp_path.iterdir() if p.name in ("o2", "o3", "o4")]  # refused: nothing written
 
 
 def test_attention_mask_as_loss_mask_is_refused(tmp_path, capsys):
