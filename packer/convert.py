@@ -246,8 +246,11 @@ def _check_loss(segments: Segments, config: PackConfig, counts: LabelCounts, *, 
                      f"({segments.truncated_tokens:,} tokens cut; --overflow split / overflow='split' keeps them)")
     if counts.untrainable_sequences:
         parts.append(f"{counts.untrainable_sequences:,} packed sequences with no trained token "
-                     f"({counts.untrainable_tokens:,} tokens: every label -100, e.g. a prompt cut before its answer; "
-                     "a larger capacity or --overflow split keeps the answers, else filter such rows out)")
+                     f"({counts.untrainable_tokens:,} tokens: every label -100, e.g. a prompt cut before its answer"
+                     + ("; with --overflow split the rest of the row trains in a later piece, a larger capacity keeps "
+                        "prompt and answer together" if config.overflow == "split"
+                        else "; a larger capacity or --overflow split keeps the answers, else filter such rows out")
+                     + ")")
     what = (f"loses {share_tokens:.1%} of the input's tokens ({lost_tokens:,} of {n_tokens:,}) and "
             f"{share_rows:.1%} of its sequences ({lost_rows:,} of {n_rows:,} dropped or with no trained token): "
             + "; ".join(parts))

@@ -361,7 +361,8 @@ def _pick(where, datasets: list, split: str | None) -> tuple:
     if len(datasets) > 1:
         raise PackerError(
             f"{where}: holds {len(datasets)} datasets ({names}); packing them together would mix them (test rows "
-            "into training). Pass the path of the one to pack, or --split NAME (split= in Python) to take one split")
+            "into training). Pass the path of the one to pack, or --split NAME (split= in Python) to take one split; "
+            "to pack several of them as one dataset on purpose, pass each of their paths")
     return datasets[0]
 
 

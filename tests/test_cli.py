@@ -167,3 +167,15 @@ def test_verbosity_flags_before_or_after_the_subcommand():
         assert (args.quiet, args.verbose) == (quiet, verbose), argv
     r = run_cli("-q", "stats", "nowhere", "-v")
     assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+def test_quiet_pack_and_verify_print_nothing_when_all_is_well(tmp_path, samples_dir):
+    out = tmp_path / "packed"
+    r = run_cli("pack", samples_dir, "-o", out, "-q", "--overflow", "split")
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
+    r = run_cli("verify", out, "-q")
+    assert r.returncode == 0 and r.stdout == ""
+    (out / fmt.MANIFEST_FILE).write_text((out / fmt.MANIFEST_FILE).read_text().replace('"capacity": 20000',
+                                                                                         '"capacity": 20001'))
+    r = run_cli("verify", out, "-q")
+    assert r.returncode == 1 and "FAIL" in r.stdout  # a defect is always reported

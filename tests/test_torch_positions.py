@@ -100,3 +100,25 @@ def test_padding_leaves_real_tokens_as_alone(batch, kind):
 
 def _real_segments(item) -> int:
     return int(torch.searchsorted(item["cu_seqlens"], torch.tensor(item["num_tokens"], dtype=torch.int32)))
+
+
+@pytest.mark.parametrize("kind,warned", [("llama-dynamic", True), ("phi3-longrope", True), ("gpt2-table", False)])
+def test_rope_scaled_by_the_batch_warns_when_packs_pass_the_original_length(tmp_path, kind, warned, caplog):
+    """Past the original length, dynamic and longrope scaling follow the pack's longest sequence: the sequences
+    packed with it are not trained as alone (inherent to batching them; a padded batch does the same), so the
+    trainer says so, with the fix. Within it (the packs above), nothing to say."""
+    from transformers import TrainingArguments
+
+    from packer.torch.hf import PackedTrainer
+
+    _pack(tmp_path / "long", [40, 20, 25], 2)  # 40 tokens: past the original 32
+    _pack(tmp_path / "short", [30, 20, 25], 3)
+    args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=True)
+    model = _model(kind)
+    with caplog.at_level("WARNING", logger="packer.torch.hf"):
+        PackedTrainer(model=model, args=args, train_dataset=PackedDataset(tmp_path / "short" / "packed"))
+        assert not caplog.records
+        PackedTrainer(model=model, args=args, train_dataset=PackedDataset(tmp_path / "long" / "packed"))
+    assert bool(caplog.records) == warned
+    if warned:
+        assert "sequences of up to 40 tokens, past its original 32" in caplog.text and "--max-length 32" in caplog.text

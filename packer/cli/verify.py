@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.reseal:
         report = verify_packed(args.folder, inputs=args.input, max_defects=args.max_defects,
                                allow_unsealed=args.allow_unsealed)
-        print(report.format())
+        if not (args.quiet and report.ok):  # -q: the report only when something is wrong; the exit status says ok
+            print(report.format())
         return 0 if report.ok else EXIT_DEFECTS
     report, resealed = reseal_manifest(args.folder, inputs=args.input, max_defects=args.max_defects)
     print(report.format())

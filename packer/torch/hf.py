@@ -21,12 +21,16 @@ train silently wrong on packed rows; :func:`check_sft_config` names them.
 """
 from __future__ import annotations
 
+import logging
+
 from transformers import Trainer
 
 from packer import format as fmt
 from packer.errors import PackerError
 from packer.torch.collate import PackedCollator
 from packer.torch.sampler import PackSampler
+
+log = logging.getLogger(__name__)
 
 
 class PackedTrainer(Trainer):
@@ -51,6 +55,14 @@ class PackedTrainer(Trainer):
 
     def __init__(self, model=None, args=None, data_collator=None, *rest, **kwargs):
         super().__init__(model, args, data_collator or PackedCollator(keys="hf"), *rest, **kwargs)
+        if self.train_dataset is not None and not hasattr(self.train_dataset, "attention_costs"):
+            raise PackerError(
+                f"PackedTrainer trains a packer.torch.PackedDataset, got {type(self.train_dataset).__name__}; pass "
+                "PackedDataset(folder) itself (a Subset or ConcatDataset of it loses the pack costs the sampler "
+                "balances; pack the data you want into one folder instead)"
+            )
+        if self.train_dataset is not None and self.model is not None:
+            warn_if_rope_depends_on_the_pack(self.model.config, self.train_dataset)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -72,6 +84,36 @@ class PackedTrainer(Trainer):
     def _get_collator_with_removed_columns(self, data_collator, description=None):
         # PackedCollator emits the keys the model takes (keys="hf"); removing item keys first would break it
         return data_collator
+
+
+_BATCH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def warn_if_rope_depends_on_the_pack(config, dataset) -> bool:
+    """Log a warning when a model's rotary scaling depends on the longest sequence of the batch and the packs hold
+    sequences past the model's original context; return whether it did.
+
+    ``rope_type`` ``"dynamic"`` (Llama's dynamic NTK) and ``"longrope"`` (Phi-3) pick their scaling from the largest
+    position id of the *batch* (transformers 5.17). Packing keeps padding below every real position, so a pack's
+    sequences see exactly what they would alone while the pack's longest sequence is within
+    ``original_max_position_embeddings``; past it, every sequence of that pack (and of its batch) is scaled for the
+    longest one, as in a padded batch. Training is then not the same as on each sequence alone.
+    """
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if not isinstance(params, dict) or params.get("rope_type", params.get("type")) not in _BATCH_DEPENDENT_ROPE:
+        return False
+    original = params.get("original_max_position_embeddings") or getattr(config, "original_max_position_embeddings",
+                                                                          None) or config.max_position_embeddings
+    longest = int(dataset.reader.longest_sequences().max()) if len(dataset) else 0
+    if longest <= original:
+        return False
+    log.warning("the model's rope_type %r scales positions by the longest sequence of each batch, and the packs "
+                "hold sequences of up to %d tokens, past its original %d: a shorter sequence packed with a longer one "
+                "is trained with the longer one's scaling (as in a padded batch), not as it would be alone. Pack with "
+                "--max-length %d (with --overflow split to keep the longer rows, as pieces) or use a model without "
+                "batch-dependent rope scaling", params.get("rope_type", params.get("type")), longest, original,
+                original)
+    return True
 
 
 def check_sft_config(config, dataset=None) -> None:
