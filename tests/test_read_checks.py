@@ -382,3 +382,19 @@ def test_provenance_columns_are_checked_before_use(tmp_path, versions):
     assert len(r.pack_sequences(len(r) - 1)[0]) >= 1  # another shard: fine
     with pytest.raises(PackerError, match="row 1: seq_index and cu_seqlens disagree on the number of sequences"):
         r.pack_sequences(0)
+
+
+def test_a_shard_field_name_that_is_not_utf8_is_reported_by_every_reader(tmp_path, versions, capsys):
+    """A flipped byte in a column name (the read-side fuzz, seeds 2 and 7): a PackerError from the reader, a schema
+    defect from verify (its alignment check read the names again and raised UnicodeDecodeError)."""
+    out = _pack(versions[0][0], tmp_path / "out")
+    name = load_manifest(out)[fmt.MANIFEST_SHARDS][0]["file"]
+    data = bytearray((out / name).read_bytes())
+    at = data.index(fmt.SEQ_OFFSET.encode())
+    data[at] = 0xF3  # not a UTF-8 start byte followed by 'e'
+    (out / name).write_bytes(bytes(data))
+    with pytest.raises(PackerError):
+        PackedReader(out)
+    assert main(["verify", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "schema" in captured.out and "Traceback" not in captured.err
