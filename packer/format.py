@@ -316,12 +316,19 @@ STATS_COUNTS = (
     "packs_over_lower_bound",
 )
 """Statistics (:func:`packer.stats.compute_stats`) that are non-negative integers; all are required."""
-STATS_OPTIONAL_COUNTS = ("label_tokens",)
+STATS_OPTIONAL_COUNTS = (
+    "label_tokens", "sequences_untrainable", "tokens_untrainable", "groups", "group_size",
+    "group_packs_over_lower_bound", "pad_to_multiple_of", "alignment_padding_tokens", "end_padding_tokens",
+    "tokens_out_padded", "lower_bound_packs_padded",
+)
+"""Statistics that are non-negative integers when present (newer packers, grouped plans, aligned folders)."""
 STATS_NUMBERS = (
     "packing_efficiency", "padding_overhead", "sequences_per_pack_mean", "packs_all_short", "mean_length_in",
     "data_loss_sequences", "data_loss_tokens",
 )
 """Statistics that are finite numbers; all are required."""
+STATS_OPTIONAL_NUMBERS = ("loss_sequences", "loss_tokens", "alignment_padding_overhead")
+"""Statistics that are finite numbers when present."""
 
 
 def short_repr(x) -> str:
@@ -446,8 +453,8 @@ def manifest_field_problems(manifest) -> list[tuple[str, str]]:
         if (key in stats or key in STATS_COUNTS) and not _is_count(stats.get(key)):
             add(f"stats.{key} is {short_repr(stats.get(key))}, not a non-negative integer")
             stats_ok = False
-    for key in STATS_NUMBERS:
-        if not is_finite_number(stats.get(key)):
+    for key in STATS_NUMBERS + STATS_OPTIONAL_NUMBERS:
+        if (key in stats or key in STATS_NUMBERS) and not is_finite_number(stats.get(key)):
             add(f"stats.{key} is {short_repr(stats.get(key))}, not a finite number")
     if not stats_ok or capacity is None:
         return problems
