@@ -329,6 +329,12 @@ STATS_NUMBERS = (
 """Statistics that are finite numbers; all are required."""
 STATS_OPTIONAL_NUMBERS = ("loss_sequences", "loss_tokens", "alignment_padding_overhead")
 """Statistics that are finite numbers when present."""
+STATS_TOGETHER = (
+    ("sequences_untrainable", "tokens_untrainable", "loss_sequences", "loss_tokens"),
+    ("pad_to_multiple_of", "alignment_padding_tokens", "alignment_padding_overhead", "end_padding_tokens",
+     "tokens_out_padded", "lower_bound_packs_padded"),
+)
+"""Optional statistics written together: a manifest has all of a group or none."""
 
 
 def short_repr(x) -> str:
@@ -456,6 +462,12 @@ def manifest_field_problems(manifest) -> list[tuple[str, str]]:
     for key in STATS_NUMBERS + STATS_OPTIONAL_NUMBERS:
         if (key in stats or key in STATS_NUMBERS) and not is_finite_number(stats.get(key)):
             add(f"stats.{key} is {short_repr(stats.get(key))}, not a finite number")
+    for group in STATS_TOGETHER:
+        have = [k for k in group if k in stats]
+        if have and len(have) < len(group):
+            add(f"stats has {', '.join(have)} but not {', '.join(k for k in group if k not in stats)}, which are "
+                "written together")
+            stats_ok = False
     if not stats_ok or capacity is None:
         return problems
     if stats["capacity"] != capacity:

@@ -193,6 +193,7 @@ def test_damaged_cu_seqlens_is_a_packer_error_naming_shard_and_row(tmp_path, ver
     # optional statistics (newer packers, aligned folders) are typed too: packer stats formatted them (fuzz seed 8)
     (lambda m: m["stats"].update(sequences_untrainable="x"), r"stats\.sequences_untrainable is 'x', not a non-neg"),
     (lambda m: m["stats"].update(loss_tokens="x"), r"stats\.loss_tokens is 'x', not a finite number"),
+    (lambda m: m["stats"].pop("loss_tokens"), r"stats has sequences_untrainable, .* but not loss_tokens"),
     (lambda m: m.update(config=[1]), r"config is list, not an object"),
     (lambda m: m["input"].update(deep=json.loads("[" * 40 + "]" * 40)), r"nests deeper than 32 levels"),
 ])
