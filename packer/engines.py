@@ -87,8 +87,8 @@ def _run_pipelined(jobs: Iterable[ShardJob], on_result) -> None:
 
 def _context():
     # forkserver: workers fork from a clean server process (no threads of the parent's tqdm/pyarrow pools). No
-    # set_forkserver_preload: the forkserver is one per process, so a preload would change every later user's
-    # workers too; each worker imports packer.jobs itself when it unpickles its first job (once per worker).
+    # modules are preloaded into it: the forkserver is one per process, so a preload would change every later
+    # user's workers too; each worker imports packer.jobs itself when it unpickles its first job (once per worker).
     if "forkserver" in mp.get_all_start_methods():
         return mp.get_context("forkserver")
     return mp.get_context("spawn")

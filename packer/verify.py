@@ -14,7 +14,7 @@ Example:
     >>> report = verify_packed("packed/", inputs=["data_samples/reference_like"])   # doctest: +SKIP
     >>> report.ok, report.n_defects                                                 # doctest: +SKIP
     (True, 0)
-    >>> print(report.format())                                                      # doctest: +SKIP
+    >>> text = report.format()      # the per-check lines, then the defects         # doctest: +SKIP
 """
 from __future__ import annotations
 
