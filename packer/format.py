@@ -95,6 +95,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from packer.errors import PackerError
@@ -335,6 +336,59 @@ STATS_TOGETHER = (
      "tokens_out_padded", "lower_bound_packs_padded"),
 )
 """Optional statistics written together: a manifest has all of a group or none."""
+
+
+class ShardLayoutError(ValueError):
+    """A list column of a shard whose buffers do not hold what its lengths say (see :func:`list_column_arrays`).
+
+    Attributes:
+        what: the problem, worded to follow a column name ("has null rows").
+        row: the first row concerned, within the array, when there is one.
+    """
+
+    def __init__(self, what: str, row: int | None = None):
+        super().__init__(what)
+        self.what, self.row = what, row
+
+
+def list_column_arrays(arr: pa.Array, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk of a shard's list column as numpy arrays: the one reader of the shard layout's lists, used by
+    :class:`packer.packed_reader.PackedReader` (the dataset, ``packer stats`` and ``report``) and ``packer verify``.
+
+    Args:
+        arr: a ``list<int32>`` or ``list<int64>`` array (one record batch's column).
+        dtype: numpy dtype of the values (``np.int32`` or ``np.int64``).
+
+    Returns:
+        ``(offsets, values)``: int64 (len(arr) + 1,), row ``r`` is ``values[offsets[r]:offsets[r + 1]]``; and a
+        read-only zero-copy view of the values buffer (a slice's offset included, so ``offsets`` index it as they
+        are). No pandas: ``Array.to_numpy`` imported it (0.29 s and 26 MiB the first time in a process).
+
+    Raises:
+        ShardLayoutError: null rows or values, buffers shorter than the lengths say, offsets outside the values or
+            decreasing (the row named): what a damaged or crafted file holds, checked before numpy or a kernel
+            indexes with them.
+    """
+    if arr.null_count:
+        raise ShardLayoutError("has null rows")
+    child = arr.values
+    if child.null_count:
+        raise ShardLayoutError("has null values")
+    width = np.dtype(dtype).itemsize
+    off_buf, val_buf = arr.buffers()[1], child.buffers()[1]
+    # the buffer sizes come from the stream's metadata: smaller than the lengths say is damage, not a ValueError
+    if (off_buf is None or off_buf.size < (arr.offset + len(arr) + 1) * 4
+            or (val_buf.size if val_buf is not None else 0) < (child.offset + len(child)) * width):
+        raise ShardLayoutError("has buffers shorter than its lengths")
+    offsets = np.frombuffer(off_buf, dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4).astype(np.int64)
+    values = (np.frombuffer(val_buf, dtype=dtype, count=len(child), offset=child.offset * width) if len(child)
+              else np.zeros(0, dtype=dtype))
+    if offsets[0] < 0 or offsets[-1] > values.shape[0]:
+        raise ShardLayoutError(f"has offsets outside its {values.shape[0]:,} values")
+    down = offsets[1:] < offsets[:-1]
+    if down.any():
+        raise ShardLayoutError("has decreasing offsets", int(np.argmax(down)))
+    return offsets, values
 
 
 def short_repr(x) -> str:

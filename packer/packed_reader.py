@@ -92,29 +92,11 @@ def _damaged(path: Path, row: int | None, what: str) -> PackerError:
 
 
 def _list_column(path: Path, batch: pa.RecordBatch, name: str, row_start: int, dtype=np.int32) -> _Column:
-    arr = batch.column(batch.schema.get_field_index(name))
-    if arr.null_count:
-        raise _damaged(path, None, f"column {name!r} has null rows")
-    # numpy views of the Arrow buffers themselves: Array.to_numpy imports pandas, which took 0.29 s and 26 MiB on
-    # the first open in a process. ``offsets`` index the child array from its start (a slice's offset included)
-    child = arr.values
-    if child.null_count:
-        raise _damaged(path, None, f"column {name!r} has null values")
-    width = np.dtype(dtype).itemsize
-    off_buf, val_buf = arr.buffers()[1], child.buffers()[1]
-    # the buffer sizes come from the stream's metadata: smaller than the lengths say is damage, not a ValueError
-    if (off_buf is None or off_buf.size < (arr.offset + len(arr) + 1) * 4
-            or (val_buf.size if val_buf is not None else 0) < (child.offset + len(child)) * width):
-        raise _damaged(path, None, f"column {name!r} has buffers shorter than its lengths")
-    offsets = np.frombuffer(off_buf, dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4).astype(np.int64)
-    values = (np.frombuffer(val_buf, dtype=dtype, count=len(child), offset=child.offset * width) if len(child)
-              else np.zeros(0, dtype=dtype))
-    # offsets come from disk: in range and non-decreasing, or numpy slices (and the kernels) read other rows
-    if offsets[0] < 0 or offsets[-1] > values.shape[0]:
-        raise _damaged(path, None, f"column {name!r} has offsets outside its {values.shape[0]:,} values")
-    down = offsets[1:] < offsets[:-1]
-    if down.any():
-        raise _damaged(path, row_start + int(np.argmax(down)), f"column {name!r} has decreasing offsets")
+    """Column ``name`` of a record batch through :func:`packer.format.list_column_arrays`; damage names the shard."""
+    try:
+        offsets, values = fmt.list_column_arrays(batch.column(batch.schema.get_field_index(name)), dtype)
+    except fmt.ShardLayoutError as e:
+        raise _damaged(path, None if e.row is None else row_start + e.row, f"column {name!r} {e.what}") from None
     return _Column(offsets=offsets, values=values)
 
 

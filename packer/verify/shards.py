@@ -29,12 +29,13 @@ class _Shard:
 
 
 def _flat(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (int64 offsets starting at 0, flat values), zero-copy where it is one chunk."""
+    """A list column as (int64 offsets starting at 0, flat values), read with the one shard-layout reader
+    (:func:`packer.format.list_column_arrays`); zero-copy where it is one chunk."""
     column = table.column(name)
     arr = column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays(column.chunks) if column.num_chunks \
         else pa.array([], type=column.type)
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.values.to_numpy(zero_copy_only=True)
+    dtype = np.int64 if arr.type.value_type == pa.int64() else np.int32
+    offsets, values = fmt.list_column_arrays(arr, dtype)
     base = int(offsets[0])
     return offsets - base, values[base : int(offsets[-1])]
 
@@ -319,8 +320,12 @@ def _check_alignment(manifest: dict, cfg: dict, present: list[pa.Buffer | None],
         if table.column(fmt.CU_SEQLENS_PADDED).null_count:
             add(f"column {fmt.CU_SEQLENS_PADDED!r} holds nulls", shard=name)
             continue
-        cu_off, cu = _flat(table, fmt.CU_SEQLENS)
-        pad_off, pad = _flat(table, fmt.CU_SEQLENS_PADDED)
+        try:
+            cu_off, cu = _flat(table, fmt.CU_SEQLENS)
+            pad_off, pad = _flat(table, fmt.CU_SEQLENS_PADDED)
+        except fmt.ShardLayoutError as e:  # read here without the schema check's full validation
+            add(f"its lists are damaged: {e.what}", shard=name)
+            continue
         rows = cu_off.shape[0] - 1
         base = packs
         packs += rows
