@@ -363,7 +363,13 @@ def pack_dataset(
     staging = _staging_for(output, engine)
     try:
         inputs, split, label = _datasets_input(inputs, split, staging, config.columns.input_ids)
-        catalog = scan_inputs(inputs, columns=config.columns, staging=staging, split=split)
+        try:
+            catalog = scan_inputs(inputs, columns=config.columns, staging=staging, split=split)
+        except PackerError as e:
+            if label is None:
+                raise
+            # name the user's datasets.Dataset, not the staged copy of it the scan read
+            raise PackerError(str(e).replace(str(inputs[0]), label)) from None
         if label is not None:  # the manifest names the dataset, not the staged copy that is removed at the end
             catalog.files = [replace(f, name=label) for f in catalog.files]
         config = replace(config, columns=catalog.columns)  # as decided over all files: what the manifest records

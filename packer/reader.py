@@ -738,11 +738,18 @@ def _check_padding(uri: str, batch: pa.RecordBatch, row0: int, input_ids: str) -
     or does not read as a mask of its rows (another length than the tokens, values other than 0 and 1): then the
     tokens may not be what they seem either."""
     col = batch.column(ATTENTION_MASK)
-    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or col.null_count:
-        return
+    refuse = f"{uri}: column {ATTENTION_MASK!r}"
+    fix = "re-tokenize, or drop the column"
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+        raise PackerError(f"{refuse} is {col.type}, not a list per row as an attention mask is; {fix}")
     values = col.values
-    if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)) or values.null_count:
-        return
+    if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)
+            or pa.types.is_floating(values.type)):
+        raise PackerError(f"{refuse} holds {values.type}, not 0/1 numbers; {fix}")
+    if col.null_count or values.null_count:
+        rows = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)) if col.null_count else None
+        where = f"row {row0 + int(rows[0])} is null" if rows is not None and rows.shape[0] else "it holds null values"
+        raise PackerError(f"{refuse}: {where}, so which tokens are padding is unknown; {fix}")
     offsets = col.offsets.to_numpy()
     ids = batch.column(input_ids)
     if hasattr(ids, "offsets"):  # a list column (its type is checked elsewhere)
@@ -754,10 +761,10 @@ def _check_padding(uri: str, batch: pa.RecordBatch, row0: int, input_ids: str) -
                 f"for {int(ids.offsets[r + 1].as_py() - ids.offsets[r].as_py()):,} {input_ids}; an attention mask "
                 "has one entry per token: re-tokenize, or drop the column")
     m = values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
-    if not pa.types.is_boolean(values.type) and ((m < 0) | (m > 1)).any():
-        bad = int(np.flatnonzero((m < 0) | (m > 1))[0])
+    if not pa.types.is_boolean(values.type) and ((m != 0) & (m != 1)).any():
+        bad = int(np.flatnonzero((m != 0) & (m != 1))[0])
         r = int(np.searchsorted(offsets[1:] - offsets[0], bad, side="right"))
-        raise PackerError(f"{uri}: column {ATTENTION_MASK!r} row {row0 + r} holds {int(m[bad])}; an attention mask "
+        raise PackerError(f"{uri}: column {ATTENTION_MASK!r} row {row0 + r} holds {m[bad]}; an attention mask "
                           "holds 0 (padding) and 1 (a token): re-tokenize, or drop the column")
     if m.all():
         return

@@ -171,6 +171,8 @@ def test_verbosity_flags_before_or_after_the_subcommand():
 
 def test_quiet_pack_and_verify_print_nothing_when_all_is_well(tmp_path, samples_dir):
     out = tmp_path / "packed"
+    r = run_cli("pack", samples_dir, "-o", tmp_path / "dropped", "-q")  # the sample's 3 long rows are dropped
+    assert r.returncode == 0 and r.stdout == "" and "loses 11.5% of the input's tokens" in r.stderr  # still said
     r = run_cli("pack", samples_dir, "-o", out, "-q", "--overflow", "split")
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
     r = run_cli("verify", out, "-q")

@@ -265,7 +265,17 @@ def test_unpadded_attention_mask_is_fine_and_a_gapped_one_is_not_padding(tmp_pat
     two = write_arrow_file(tmp_path / "two.arrow",
                            t.append_column("attention_mask", pa.array([[1, 2, 1], [1, 1]], pa.list_(pa.int64()))))
     refused(capsys, ["pack", str(two), "-o", str(tmp_path / "o4")], "row 0 holds 2; an attention mask holds 0")
-    assert not [p for p in tmp_path.iterdir() if p.name in ("o2", "o3", "o4")]  # refused: nothing written
+    floats = write_arrow_file(tmp_path / "floats.arrow",
+                              t.append_column("attention_mask", pa.array([[1., 1., 0.], [1., 1.]], pa.list_(pa.float32()))))
+    refused(capsys, ["pack", str(floats), "-o", str(tmp_path / "o5")], "row 0 is right-padded")
+    half = write_arrow_file(tmp_path / "half.arrow",
+                            t.append_column("attention_mask", pa.array([[1., .5, 1.], [1., 1.]], pa.list_(pa.float64()))))
+    refused(capsys, ["pack", str(half), "-o", str(tmp_path / "o6")], "row 0 holds 0.5")
+    nulls = write_arrow_file(tmp_path / "nulls.arrow",
+                             t.append_column("attention_mask", pa.array([[1, 1, 1], None], pa.list_(pa.int8()))))
+    refused(capsys, ["pack", str(nulls), "-o", str(tmp_path / "o7")], "row 1 is null, so which tokens are padding")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("o") and p.name != "ones.arrow" and p.is_dir()
+                and p.name != "out"]  # refused: nothing written
 
 
 def test_attention_mask_as_loss_mask_is_refused(tmp_path, capsys):
@@ -509,3 +519,15 @@ def test_the_docs_examples_tokenize_then_pack_and_unpad(tmp_path):
         pack_dataset(padded, tmp_path / "p", progress=False)
     pack_dataset(padded.map(unpad), tmp_path / "p", config=PackConfig(capacity=16), progress=False)
     check_packed(tmp_path / "p", [np.full(n, i) for i, n in enumerate([3, 8, 5])], None, capacity=16, overflow="drop")
+
+
+def test_a_padded_in_memory_dataset_is_refused_naming_the_dataset(tmp_path):
+    """Padding in a datasets.Dataset (float mask too) is refused, and the message names the dataset, not the
+    staged copy packer scanned."""
+    import datasets
+
+    d = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7, 0, 0], [8, 9, 0, 0, 0]],
+                                    "attention_mask": [[1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0]]})
+    with pytest.raises(PackerError, match=r"^datasets\.Dataset\(fingerprint=\w+\): column 'attention_mask' is 0"):
+        pack_dataset(d, tmp_path / "out", config=PackConfig(capacity=16), progress=False)
+    assert not (tmp_path / "out").exists()

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_verbosity(parser: argparse.ArgumentParser, *, default) -> None:
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", default=default,
-                           help="only errors: no progress bar, no summary")
+                           help="only warnings (such as data lost) and errors: no progress bar, no summary")
     verbosity.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quiet and args.verbose:
         parser.error("-q/--quiet and -v/--verbose exclude each other")
-    _configure_logging(logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    # -q keeps the warnings: a run that loses data says so even when asked to be quiet
+    _configure_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args._run(args) or 0)
     except PackerError as e:
