@@ -144,6 +144,10 @@ def _intro(report) -> list[str]:
                      f"({src['capacity']:,}) and overflow policy (`{src['overflow']}`) as the packs.")
     lines.append(f"Packing steps are PackSampler's: {report.setup.num_gpus} GPU(s), no batch across an epoch "
                  "boundary, the packs that do not divide among the GPUs left out of each epoch.")
+    if src["kind"] != "packed":
+        lines.append("Data loss counts what the overflow policy drops or cuts; sequences left with no trained token "
+                     "(a prompt cut before its answer) are known once packed: `packer pack` counts them, and a "
+                     "report of the packed folder includes them.")
     return lines
 
 
