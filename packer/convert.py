@@ -43,7 +43,7 @@ from packer.reader import (
     text_input_hint,
 )
 from packer.shards import INT32_MAX, LabelCounts
-from packer.stats import LOSS_WARNING, alignment_stats, compute_stats, loss_shares
+from packer.stats import LOSS_WARNING, alignment_stats, compute_stats, loss_counts
 from packer.verify import verify_packed
 from packer.writer import PackedWriter
 
@@ -226,12 +226,12 @@ def _check_loss(segments: Segments, config: PackConfig, counts: LabelCounts, *, 
     there is refused before any shard is built; the sequences with no trained token are known once they are.
     """
     n_rows, n_tokens = segments.n_rows, segments.tokens_in
-    lost_rows = segments.dropped_rows + counts.untrainable_sequences
-    lost_tokens = segments.dropped_tokens + segments.truncated_tokens + counts.untrainable_tokens
-    share_rows, share_tokens = loss_shares(
-        rows=n_rows, tokens=n_tokens, dropped_rows=segments.dropped_rows, dropped_tokens=segments.dropped_tokens,
+    lost_rows, lost_tokens = loss_counts(
+        dropped_rows=segments.dropped_rows, dropped_tokens=segments.dropped_tokens,
         truncated_tokens=segments.truncated_tokens, untrainable_rows=counts.untrainable_sequences,
         untrainable_tokens=counts.untrainable_tokens)
+    share_rows = lost_rows / n_rows if n_rows else 0.0
+    share_tokens = lost_tokens / n_tokens if n_tokens else 0.0
     worst = max(share_rows, share_tokens)
     limit = config.max_loss
     if not ((limit is not None and worst > limit) or (final and worst > LOSS_WARNING)):

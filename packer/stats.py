@@ -5,20 +5,25 @@ import numpy as np
 
 from packer.plan import PackPlan, Segments, padded_lengths
 
-def loss_shares(*, rows: int, tokens: int, dropped_rows: int, dropped_tokens: int, truncated_tokens: int,
-                untrainable_rows: int = 0, untrainable_tokens: int = 0) -> tuple[float, float]:
-    """The shares of the input's sequences and tokens a packing loses: the one definition behind ``packer pack``'s
-    warning and ``--max-loss``, the statistics ``loss_sequences``/``loss_tokens`` and ``packer report``'s
-    ``data_loss`` warning.
+
+def loss_counts(*, dropped_rows: int, dropped_tokens: int, truncated_tokens: int, untrainable_rows: int = 0,
+                untrainable_tokens: int = 0) -> tuple[int, int]:
+    """The sequences and tokens a packing loses: the one definition behind ``packer pack``'s warning and
+    ``--max-loss``, the statistics ``loss_sequences``/``loss_tokens`` and ``packer report``'s ``data_loss`` warning.
 
     A sequence is lost when dropped or left with no trained token; a truncated one that still trains loses only the
     tokens cut off, so nothing is counted twice. Tokens lost: dropped, cut off, and those of untrainable sequences.
+    """
+    return dropped_rows + untrainable_rows, dropped_tokens + truncated_tokens + untrainable_tokens
+
+
+def loss_shares(*, rows: int, tokens: int, **counts: int) -> tuple[float, float]:
+    """:func:`loss_counts` (its keyword arguments) as shares of the input's ``rows`` and ``tokens``.
 
     Returns:
         ``(sequence share, token share)``, each in [0, 1] (0 for an empty input).
     """
-    lost_rows = dropped_rows + untrainable_rows
-    lost_tokens = dropped_tokens + truncated_tokens + untrainable_tokens
+    lost_rows, lost_tokens = loss_counts(**counts)
     return (lost_rows / rows if rows else 0.0), (lost_tokens / tokens if tokens else 0.0)
 
 

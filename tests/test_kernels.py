@@ -66,12 +66,14 @@ def test_best_fit_at_tree_boundaries(cap):
 
 @settings(max_examples=100, deadline=None)
 @given(lengths_and_capacity, st.integers(0, 2**32 - 1))
-def test_group_by_pack_is_a_csr_of_the_pack_ids(case, seed):
+def test_group_by_pack_matches_reference_and_is_a_csr_of_the_pack_ids(case, seed):
     lengths, cap = case
     lengths = np.asarray(lengths, dtype=np.int32)
     order = np.random.default_rng(seed).permutation(lengths.shape[0]).astype(np.int64)
     slot_pack, n = kernels.best_fit(lengths[order], cap)
     pack_ids, members, offsets, tokens = kernels.group_by_pack(slot_pack, order, lengths[order], n)
+    want = ref.group_by_pack(slot_pack.tolist(), order.tolist(), lengths[order].tolist(), n)
+    assert [a.tolist() for a in (pack_ids, members, offsets, tokens)] == list(want)
     assert sorted(members.tolist()) == list(range(lengths.shape[0]))
     for p in range(n):
         inside = members[offsets[p] : offsets[p + 1]]
@@ -99,18 +101,6 @@ def test_sorted_desc_lengths_matches_reference(case):
     lengths, cap = case
     got = kernels.sorted_desc_lengths(np.asarray(lengths, dtype=np.int32), cap)
     assert got.tolist() == [lengths[i] for i in ref.sort_desc(lengths)]
-
-
-@settings(max_examples=100, deadline=None)
-@given(lengths_and_capacity, st.integers(0, 2**32 - 1))
-def test_group_by_pack_matches_reference(case, seed):
-    lengths, cap = case
-    lengths = np.asarray(lengths, dtype=np.int32)
-    order = np.random.default_rng(seed).permutation(lengths.shape[0]).astype(np.int64)
-    slot_pack, n = kernels.best_fit(lengths[order], cap)
-    got = kernels.group_by_pack(slot_pack, order, lengths[order], n)
-    want = ref.group_by_pack(slot_pack.tolist(), order.tolist(), lengths[order].tolist(), n)
-    assert [g.tolist() for g in got] == list(want)
 
 
 @settings(max_examples=100, deadline=None)

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if flag is None:
             raise
         raise PackerError(e.message_for(f"{flag} {e.value}")) from None
-    if not args.quiet:  # -q: errors only (`packer stats` prints the statistics again)
+    if not args.quiet:  # -q: no summary, only warnings and errors (`packer stats` prints the statistics again)
         print(f"wrote {args.output}: {len(manifest[fmt.MANIFEST_SHARDS])} shard(s)")
         print(format_stats(manifest[fmt.MANIFEST_STATS], manifest[fmt.MANIFEST_RUN]["seconds"]))
     return 0

@@ -236,12 +236,9 @@ class PackSampler(Sampler[int]):
         return self._schedule.steps_per_epoch
 
     # ---------------------------------------------------------------- plans
-    def _order(self, epoch: int) -> np.ndarray:
-        return self._order_for(epoch, self.num_replicas)
-
     def plain_plan(self, epoch: int) -> np.ndarray:
         """Every rank's packs without balancing, int64 (num_replicas, packs_per_rank): ``order[rank::W]``."""
-        order = self._order(epoch)
+        order = self._order_for(epoch, self.num_replicas)
         return np.ascontiguousarray(order.reshape(-1, self.num_replicas).T)
 
     def plan(self, epoch: int) -> np.ndarray:
@@ -256,7 +253,7 @@ class PackSampler(Sampler[int]):
             return self._elastic_plan(epoch)
         if not self.balance:
             return self.plain_plan(epoch)
-        return self._plan_of(self._order(epoch), epoch, self.num_replicas)
+        return self._plan_of(self._order_for(epoch, self.num_replicas), epoch, self.num_replicas)
 
     def _plan_of(self, order: np.ndarray, epoch: int, world: int, salt: int = 0) -> np.ndarray:
         """``order`` (a multiple of ``world`` packs) dealt to ``world`` ranks, (world, len(order) // world)."""
@@ -344,7 +341,7 @@ class PackSampler(Sampler[int]):
             return float(ratio.mean()), float(ratio.max()), total
 
         b = summary(self.plain_plan(epoch))
-        a = summary(self._plan_of(self._order(epoch), epoch, self.num_replicas))
+        a = summary(self._plan_of(self._order_for(epoch, self.num_replicas), epoch, self.num_replicas))
         return Imbalance(self.steps_per_epoch, *b, *a)
 
     # ---------------------------------------------------------------- iteration and state
