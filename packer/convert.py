@@ -27,8 +27,11 @@ from packer.plan import (
     DEFAULT_STRATEGY,
     MAX_CAPACITY,
     OVERFLOW_POLICIES,
+    PAD_NOT_DIVISOR,
+    PAD_NOT_POSITIVE,
     STRATEGIES,
     Segments,
+    pad_to_multiple_of_fault,
 )
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
 from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, iter_jobs, make_plan
@@ -123,9 +126,10 @@ class PackConfig:
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float, np.floating)) or not 0 <= m <= 1):
             bad("max_loss", "must be a fraction in [0, 1] (0: lose nothing), or None")
         n = self.pad_to_multiple_of
-        if n is not None and not whole("pad_to_multiple_of", 1):
+        fault = pad_to_multiple_of_fault(n, self.capacity)
+        if fault == PAD_NOT_POSITIVE:
             bad("pad_to_multiple_of", "must be a positive whole number of tokens")
-        if n is not None and self.capacity % n:
+        if fault == PAD_NOT_DIVISOR:
             lower = self.capacity // n * n
             bad("capacity", f"must be a multiple of the alignment, {int(n)} tokens, so that an aligned sequence "
                 f"that fits still fits: use {lower:,} or {lower + int(n):,}")

@@ -100,6 +100,7 @@ import pyarrow as pa
 
 from packer.errors import PackerError
 from packer.plan import MAX_CAPACITY as PLAN_MAX_CAPACITY
+from packer.plan import pad_to_multiple_of_fault
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +427,8 @@ def manifest_problems(manifest) -> list[str]:
     """What makes ``manifest`` unusable, as messages naming the field (empty when it is well-formed).
 
     The schema: ``format`` and ``format_version`` as :data:`FORMAT_NAME` / :data:`FORMAT_VERSION`; ``config`` an
-    object with ``capacity`` an integer in 1..:data:`MAX_CAPACITY` and ``strategy``/``overflow`` strings; ``shards``
+    object with ``capacity`` an integer in 1..:data:`MAX_CAPACITY`, ``strategy``/``overflow`` strings and, when
+    present and not null, ``pad_to_multiple_of`` a positive integer that divides the capacity; ``shards``
     a list of 1..:data:`MAX_SHARDS` objects where entry ``i`` of ``n`` names exactly ``shard_name(i, n)`` (so every
     file ``0..n-1`` is listed once and no name leaves the folder) with non-negative integer ``rows``, ``tokens``,
     ``sequences``, ``bytes`` and a :data:`CHECKSUM_HEX_DIGITS`-digit hex :data:`SHARD_CHECKSUM`; ``stats`` an object
@@ -438,76 +440,117 @@ def manifest_problems(manifest) -> list[str]:
     return [message for _, message in manifest_field_problems(manifest)]
 
 
+CONFIG_PAD_PROBLEM = f"{MANIFEST_CONFIG}.{CONFIG_PAD_TO_MULTIPLE_OF}"
+"""The key :func:`manifest_field_problems` gives a bad ``config.pad_to_multiple_of`` alone (``packer verify``
+reports it under its ``alignment`` check and keeps checking the rest)."""
+
+
 def manifest_field_problems(manifest) -> list[tuple[str, str]]:
     """:func:`manifest_problems` as ``(key, message)`` pairs, ``key`` the top-level key at fault (``packer verify``
-    keeps checking the shards when only ``stats`` is at fault)."""
+    keeps checking the shards when only ``stats`` is at fault), or :data:`CONFIG_PAD_PROBLEM` for a bad
+    ``config.pad_to_multiple_of``."""
     if not isinstance(manifest, dict) or manifest.get(MANIFEST_FORMAT) != FORMAT_NAME:
         return [(MANIFEST_FORMAT, f"not a packer manifest (format is not {FORMAT_NAME!r})")]
     version = manifest.get(MANIFEST_VERSION)
     if version != FORMAT_VERSION or isinstance(version, bool):
         return [(MANIFEST_VERSION, f"format version {short_repr(version)}, but this packer reads version "
                  f"{FORMAT_VERSION}; re-pack the input with this packer or install the packer version that wrote it")]
-    problems: list[tuple[str, str]] = []
-    key_at_fault = MANIFEST_CONFIG
-
-    def add(message: str) -> None:
-        problems.append((key_at_fault, message))
-
-    for key in (MANIFEST_CONFIG, MANIFEST_SHARDS, MANIFEST_STATS):
-        if key not in manifest:
-            key_at_fault = key
-            add(f"the manifest has no {key!r}")
-    for key in (MANIFEST_INPUT, MANIFEST_RUN):
-        if key in manifest and not isinstance(manifest[key], dict):
-            key_at_fault = key
-            add(f"{key} is {type(manifest[key]).__name__}, not an object")
+    problems = _top_level_problems(manifest)
     if problems:
         return problems
-    cfg, shards, stats = manifest[MANIFEST_CONFIG], manifest[MANIFEST_SHARDS], manifest[MANIFEST_STATS]
-    capacity = None
-    key_at_fault = MANIFEST_CONFIG
+    capacity = _config_problems(manifest[MANIFEST_CONFIG], problems)
+    sums = _shards_problems(manifest[MANIFEST_SHARDS], problems)
+    _stats_problems(manifest[MANIFEST_STATS], capacity, sums, problems)
+    _alignment_problems(manifest[MANIFEST_CONFIG], capacity, problems)
+    return problems
+
+
+def _top_level_problems(manifest: dict) -> list[tuple[str, str]]:
+    """The sections every manifest has (config, shards, stats), and input/run as objects when present."""
+    problems = []
+    for key in (MANIFEST_CONFIG, MANIFEST_SHARDS, MANIFEST_STATS):
+        if key not in manifest:
+            problems.append((key, f"the manifest has no {key!r}"))
+    for key in (MANIFEST_INPUT, MANIFEST_RUN):
+        if key in manifest and not isinstance(manifest[key], dict):
+            problems.append((key, f"{key} is {type(manifest[key]).__name__}, not an object"))
+    return problems
+
+
+def _config_problems(cfg, problems: list[tuple[str, str]]) -> int | None:
+    """Append the config's problems (capacity, strategy and overflow strings) to ``problems``;
+    return the capacity, or None when it is unusable."""
     if not isinstance(cfg, dict):
-        add(f"config is {type(cfg).__name__}, not an object")
-    else:
-        capacity = cfg.get(CONFIG_CAPACITY)
-        if not _is_count(capacity, 1) or capacity > MAX_CAPACITY:
-            add(f"config.{CONFIG_CAPACITY} is {short_repr(capacity)}, not an integer in 1..{MAX_CAPACITY:,}")
-            capacity = None
-        for key in CONFIG_STRINGS:
-            if not isinstance(cfg.get(key), str):
-                add(f"config.{key} is {short_repr(cfg.get(key))}, not a string")
-    key_at_fault = MANIFEST_SHARDS
-    sums = {key: 0 for key in SHARD_COUNTS}
+        problems.append((MANIFEST_CONFIG, f"config is {type(cfg).__name__}, not an object"))
+        return None
+    capacity = cfg.get(CONFIG_CAPACITY)
+    if not _is_count(capacity, 1) or capacity > MAX_CAPACITY:
+        problems.append((MANIFEST_CONFIG, f"config.{CONFIG_CAPACITY} is {short_repr(capacity)}, not an integer in "
+                         f"1..{MAX_CAPACITY:,}"))
+        capacity = None
+    for key in CONFIG_STRINGS:
+        if not isinstance(cfg.get(key), str):
+            problems.append((MANIFEST_CONFIG, f"config.{key} is {short_repr(cfg.get(key))}, not a string"))
+    return capacity
+
+
+def _alignment_problems(cfg, capacity: int | None, problems: list[tuple[str, str]]) -> None:
+    """Append a bad ``config.pad_to_multiple_of`` (:func:`packer.plan.pad_to_multiple_of_fault`: a positive integer
+    that divides the capacity, or absent/None) to ``problems``, keyed :data:`CONFIG_PAD_PROBLEM`; checked only with
+    a usable capacity (an unusable one is a problem already)."""
+    if capacity is None:
+        return
+    multiple = cfg.get(CONFIG_PAD_TO_MULTIPLE_OF)
+    if pad_to_multiple_of_fault(multiple, capacity) is not None:
+        problems.append((CONFIG_PAD_PROBLEM, f"config.{CONFIG_PAD_TO_MULTIPLE_OF} is {short_repr(multiple)}, not a "
+                         f"positive integer that divides the capacity {capacity:,}"))
+
+
+def _shards_problems(shards, problems: list[tuple[str, str]]) -> dict[str, int] | None:
+    """Append the shard list's problems to ``problems`` (entries stop being checked at 20 problems in all); return
+    the sums of :data:`SHARD_COUNTS` over the entries, or None when an entry's count is unusable."""
+    def add(message: str) -> None:
+        problems.append((MANIFEST_SHARDS, message))
+
     if not isinstance(shards, list) or not 1 <= len(shards) <= MAX_SHARDS:
         add(f"shards is {short_repr(shards)}, not a list of 1 to {MAX_SHARDS:,} shard entries")
-        sums = None
-    else:
-        for i, entry in enumerate(shards):
-            if len(problems) >= 20:
-                break
-            if not isinstance(entry, dict):
-                add(f"shard entry {i} is {short_repr(entry)}, not an object")
+        return None
+    sums = {key: 0 for key in SHARD_COUNTS}
+    for i, entry in enumerate(shards):
+        if len(problems) >= 20:
+            break
+        if not isinstance(entry, dict):
+            add(f"shard entry {i} is {short_repr(entry)}, not an object")
+            sums = None
+            continue
+        want = shard_name(i, len(shards))
+        if entry.get(SHARD_FILE) != want:
+            add(f"shard entry {i} names file {short_repr(entry.get(SHARD_FILE))}, expected {want!r} "
+                f"(shard {i} of {len(shards)})")
+        for key in SHARD_COUNTS:
+            if not _is_count(entry.get(key)):
+                add(f"shard entry {i} has {key} {short_repr(entry.get(key))}, not a non-negative integer")
                 sums = None
-                continue
-            want = shard_name(i, len(shards))
-            if entry.get(SHARD_FILE) != want:
-                add(f"shard entry {i} names file {short_repr(entry.get(SHARD_FILE))}, expected {want!r} "
-                                f"(shard {i} of {len(shards)})")
-            for key in SHARD_COUNTS:
-                if not _is_count(entry.get(key)):
-                    add(f"shard entry {i} has {key} {short_repr(entry.get(key))}, not a non-negative integer")
-                    sums = None
-                elif sums is not None:
-                    sums[key] += entry[key]
-            digest = entry.get(SHARD_CHECKSUM)
-            if not (isinstance(digest, str) and len(digest) == CHECKSUM_HEX_DIGITS
-                    and all(c in "0123456789abcdef" for c in digest)):
-                add(f"shard entry {i} has {SHARD_CHECKSUM} {short_repr(digest)}, not {CHECKSUM_HEX_DIGITS} "
-                                "lowercase hex digits")
-    key_at_fault = MANIFEST_STATS
+            elif sums is not None:
+                sums[key] += entry[key]
+        digest = entry.get(SHARD_CHECKSUM)
+        if not (isinstance(digest, str) and len(digest) == CHECKSUM_HEX_DIGITS
+                and all(c in "0123456789abcdef" for c in digest)):
+            add(f"shard entry {i} has {SHARD_CHECKSUM} {short_repr(digest)}, not {CHECKSUM_HEX_DIGITS} "
+                "lowercase hex digits")
+    return sums
+
+
+def _stats_problems(stats, capacity: int | None, sums: dict[str, int] | None,
+                    problems: list[tuple[str, str]]) -> None:
+    """Append the statistics' problems to ``problems``: types, groups written together, and (when those and the
+    capacity are sound) their agreement with the config, with each other and with the shard entries' ``sums``."""
+    def add(message: str) -> None:
+        problems.append((MANIFEST_STATS, message))
+
     if not isinstance(stats, dict):
         add(f"stats is {type(stats).__name__}, not an object")
-        return problems
+        return
     stats_ok = True
     for key in STATS_COUNTS + STATS_OPTIONAL_COUNTS:
         if (key in stats or key in STATS_COUNTS) and not _is_count(stats.get(key)):
@@ -523,13 +566,13 @@ def manifest_field_problems(manifest) -> list[tuple[str, str]]:
                 "written together")
             stats_ok = False
     if not stats_ok or capacity is None:
-        return problems
+        return
     if stats["capacity"] != capacity:
         add(f"stats.capacity is {stats['capacity']:,} but config.capacity is {capacity:,}")
     if stats["padding_tokens"] != stats["packs"] * capacity - stats["tokens_out"]:
         add(f"stats.padding_tokens is {stats['padding_tokens']:,}, but {stats['packs']:,} packs of "
-                        f"{capacity:,} tokens holding {stats['tokens_out']:,} tokens leave "
-                        f"{stats['packs'] * capacity - stats['tokens_out']:,}")
+            f"{capacity:,} tokens holding {stats['tokens_out']:,} tokens leave "
+            f"{stats['packs'] * capacity - stats['tokens_out']:,}")
     lost = stats["tokens_dropped"] + stats["tokens_truncated"]
     if stats["tokens_in"] != stats["tokens_out"] + lost:
         add(f"stats.tokens_in is {stats['tokens_in']:,}, but tokens_out + tokens_dropped + tokens_truncated is "
@@ -544,7 +587,6 @@ def manifest_field_problems(manifest) -> list[tuple[str, str]]:
                            ("sequences_out", sums["sequences"])):
             if stats[key] != total:
                 add(f"stats.{key} is {stats[key]:,} but the shard entries add up to {total:,}")
-    return problems
 
 
 def open_regular_file(name: str, *, dir_fd: int | None, folder: str | os.PathLike, what: str = "shard"
@@ -624,6 +666,29 @@ def read_manifest(folder: str | os.PathLike, *, checksum: bool = True, allow_uns
     """
     folder = Path(folder)
     path = folder / MANIFEST_FILE
+    manifest = _parse_manifest(_read_manifest_bytes(folder, dir_fd), path)
+    problems = manifest_problems(manifest)
+    if problems and not (isinstance(manifest, dict) and manifest.get(MANIFEST_FORMAT) == FORMAT_NAME
+                         and manifest.get(MANIFEST_VERSION) == FORMAT_VERSION):
+        raise PackerError(f"{path}: {problems[0]}")
+    if not checksum:
+        return manifest
+    _check_seal(manifest, path, allow_unsealed=allow_unsealed)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise PackerError(f"{path}: malformed manifest: {shown}; the folder is damaged, re-run 'packer pack' "
+                          f"('packer verify {folder}' lists every problem)")
+    return manifest
+
+
+def _read_manifest_bytes(folder: Path, dir_fd: int | None) -> bytes:
+    """The manifest file's bytes (at most :data:`MAX_MANIFEST_BYTES` + 1), read as a regular file through ``dir_fd``
+    (or a descriptor of ``folder`` opened and closed here).
+
+    Raises:
+        PackerError: no manifest (not a packed folder), not a regular file, unreadable, or too large.
+    """
+    path = folder / MANIFEST_FILE
     own_fd = dir_fd is None
     if own_fd:
         dir_fd = open_folder(folder)
@@ -641,12 +706,20 @@ def read_manifest(folder: str | os.PathLike, *, checksum: bool = True, allow_uns
                 raise PackerError(f"{path}: {st.st_size:,} bytes, more than a manifest can be "
                                   f"({MAX_MANIFEST_BYTES:,}); not a packer manifest, re-run 'packer pack'")
             with os.fdopen(fd, "rb", closefd=False) as fh:
-                raw = fh.read(MAX_MANIFEST_BYTES + 1)
+                return fh.read(MAX_MANIFEST_BYTES + 1)
         finally:
             os.close(fd)
     finally:
         if own_fd:
             os.close(dir_fd)
+
+
+def _parse_manifest(raw: bytes, path: Path):
+    """The manifest's JSON (any JSON value), bounded in depth.
+
+    Raises:
+        PackerError: not JSON, or nested deeper than :data:`MAX_MANIFEST_DEPTH`.
+    """
     try:
         manifest = json.loads(raw)
     except RecursionError:
@@ -657,31 +730,32 @@ def read_manifest(folder: str | os.PathLike, *, checksum: bool = True, allow_uns
     if isinstance(manifest, (dict, list)) and _too_deep(manifest, MAX_MANIFEST_DEPTH):
         raise PackerError(f"{path}: the manifest nests deeper than {MAX_MANIFEST_DEPTH} levels; not a packer manifest, "
                           "re-run 'packer pack'")
-    problems = manifest_problems(manifest)
-    if problems and not (isinstance(manifest, dict) and manifest.get(MANIFEST_FORMAT) == FORMAT_NAME
-                         and manifest.get(MANIFEST_VERSION) == FORMAT_VERSION):
-        raise PackerError(f"{path}: {problems[0]}")
-    if not checksum:
-        return manifest
+    return manifest
+
+
+def _check_seal(manifest: dict, path: Path, *, allow_unsealed: bool) -> None:
+    """:func:`check_manifest_checksum`, and a manifest without a checksum refused unless ``allow_unsealed`` (then
+    warned about once per file and process).
+
+    Raises:
+        PackerError: the checksum differs, or there is none and ``allow_unsealed`` is False.
+    """
+    folder = path.parent
     try:
         sealed = check_manifest_checksum(manifest, path)
     except RecursionError:
         raise PackerError(f"{path}: the manifest is nested too deep to be a packer manifest; re-run 'packer pack'"
                           ) from None
-    if not sealed:
-        if not allow_unsealed:
-            raise PackerError(
-                f"{path}: the manifest has no {MANIFEST_CHECKSUM!r}, so an edit or damage of it cannot be detected "
-                f"(a folder written by an older packer, or the key was deleted); check the folder and add one with "
-                f"'packer verify {folder} --reseal', or read it as it is with allow_unsealed=True (--allow-unsealed "
-                "on the command line)")
-        key = os.path.abspath(path)
-        if key not in _unsealed_warned:
-            _unsealed_warned.add(key)
-            log.warning("%s has no %s (written by an older packer): edits to it cannot be detected; add one with "
-                        "'packer verify %s --reseal' or re-run 'packer pack'", path, MANIFEST_CHECKSUM, folder)
-    if problems:
-        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise PackerError(f"{path}: malformed manifest: {shown}; the folder is damaged, re-run 'packer pack' "
-                          f"('packer verify {folder}' lists every problem)")
-    return manifest
+    if sealed:
+        return
+    if not allow_unsealed:
+        raise PackerError(
+            f"{path}: the manifest has no {MANIFEST_CHECKSUM!r}, so an edit or damage of it cannot be detected "
+            f"(a folder written by an older packer, or the key was deleted); check the folder and add one with "
+            f"'packer verify {folder} --reseal', or read it as it is with allow_unsealed=True (--allow-unsealed "
+            "on the command line)")
+    key = os.path.abspath(path)
+    if key not in _unsealed_warned:
+        _unsealed_warned.add(key)
+        log.warning("%s has no %s (written by an older packer): edits to it cannot be detected; add one with "
+                    "'packer verify %s --reseal' or re-run 'packer pack'", path, MANIFEST_CHECKSUM, folder)

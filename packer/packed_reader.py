@@ -443,18 +443,10 @@ class PackedReader:
 
     @property
     def pad_to_multiple_of(self) -> int | None:
-        """N of a folder packed with ``--pad-to-multiple-of N`` (``config.pad_to_multiple_of``), else None.
-
-        Raises:
-            PackerError: the manifest's N is not a positive integer dividing the capacity.
-        """
-        multiple = fmt.pad_to_multiple_of(self.manifest)
-        if multiple is not None and (isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1
-                                     or self.capacity % multiple):
-            raise PackerError(f"{self.path / fmt.MANIFEST_FILE}: config.{fmt.CONFIG_PAD_TO_MULTIPLE_OF} is "
-                              f"{multiple!r}, not a positive integer dividing the capacity {self.capacity:,}; "
-                              "re-run 'packer pack'")
-        return multiple
+        """N of a folder packed with ``--pad-to-multiple-of N`` (``config.pad_to_multiple_of``), else None: a
+        positive integer that divides the capacity (a manifest with another value was refused at open, by
+        :func:`packer.format.manifest_problems`)."""
+        return fmt.pad_to_multiple_of(self.manifest)
 
     def cu_seqlens_padded(self, index: int) -> np.ndarray | None:
         """:data:`packer.format.CU_SEQLENS_PADDED` of pack ``index``: int32 (sequences + 1,), a read-only view; None

@@ -187,21 +187,45 @@ class PackPlan:
         return self.tokens / (self.n_packs * self.capacity) if self.n_packs else 1.0
 
 
-def check_pad_to_multiple_of(multiple, capacity: int) -> int | None:
-    """Validate ``pad_to_multiple_of`` (``--pad-to-multiple-of``) against the capacity; returns it as an int.
+PAD_NOT_POSITIVE = "not a positive integer"
+PAD_NOT_DIVISOR = "does not divide the capacity"
 
-    The capacity must be a multiple of it, so that a sequence that fits a pack still fits once padded and the
+
+def pad_to_multiple_of_fault(multiple, capacity: int) -> str | None:
+    """The one rule for ``pad_to_multiple_of`` (N): a positive integer that divides the capacity.
+
+    The capacity must be a multiple of N, so that a sequence that fits a pack still fits once padded and the
     padding at a pack's end is a whole number of aligned blocks too (context parallelism cuts every span of the
-    row into ``2 * cp_size`` equal chunks).
+    row into ``2 * cp_size`` equal chunks). Used by :func:`check_pad_to_multiple_of`, ``PackConfig`` and the
+    manifest's schema (:func:`packer.format.manifest_problems`), which each word the message for their caller.
 
-    Raises:
-        PackerError: not a positive integer, or the capacity is not a multiple of it.
+    Args:
+        multiple: N as given (None: no alignment, always fine); ints and numpy integers count, bools do not.
+        capacity: tokens per pack, a positive integer.
+
+    Returns:
+        None when N is fine, else :data:`PAD_NOT_POSITIVE` or :data:`PAD_NOT_DIVISOR` (what is wrong).
     """
     if multiple is None:
         return None
     if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)) or multiple < 1:
+        return PAD_NOT_POSITIVE
+    return PAD_NOT_DIVISOR if capacity % multiple else None
+
+
+def check_pad_to_multiple_of(multiple, capacity: int) -> int | None:
+    """Validate ``pad_to_multiple_of`` (``--pad-to-multiple-of``) against the capacity
+    (:func:`pad_to_multiple_of_fault`); returns it as an int.
+
+    Raises:
+        PackerError: not a positive integer, or the capacity is not a multiple of it.
+    """
+    fault = pad_to_multiple_of_fault(multiple, capacity)
+    if multiple is None:
+        return None
+    if fault == PAD_NOT_POSITIVE:
         raise PackerError(f"pad_to_multiple_of (--pad-to-multiple-of) must be a positive integer, got {multiple!r}")
-    if capacity % multiple:
+    if fault == PAD_NOT_DIVISOR:
         lower = capacity // multiple * multiple
         raise PackerError(
             f"capacity (--max-length) {capacity:,} is not a multiple of pad_to_multiple_of (--pad-to-multiple-of) "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -246,6 +247,42 @@ def test_capacity_the_stats_contradict_is_a_verify_defect(tmp_path, versions):
     with pytest.raises(PackerError, match=r"stats\.padding_tokens is -\d+, not a non-negative integer"):
         PackedReader(folder)
     assert "capacity" in verify_packed(folder).failed()
+
+
+@pytest.mark.parametrize("bad", ["8", 0, -8, 7, True, 8.0, [8]])
+def test_bad_pad_to_multiple_of_is_refused_at_open(tmp_path, versions, capsys, bad):
+    """config.pad_to_multiple_of is checked with the manifest's schema (format.manifest_problems, the one rule of
+    plan.pad_to_multiple_of_fault): the dataset, stats and report refuse it when they open the folder, naming the
+    file, the field and the fix; verify reports it under its alignment check (the manifest check stays ok)."""
+    srcs, _ = versions
+    folder = _pack(srcs[0], tmp_path / "p")
+    rewrite_manifest(folder, lambda m: m[fmt.MANIFEST_CONFIG].update({fmt.CONFIG_PAD_TO_MULTIPLE_OF: bad}))
+    field = (f"config.pad_to_multiple_of is {fmt.short_repr(bad)}, not a positive integer that divides the capacity "
+             f"{CAP}")
+    with pytest.raises(PackerError, match=f"^{re.escape(str(folder / fmt.MANIFEST_FILE))}: malformed manifest: "
+                       + re.escape(f"{field}; the folder is damaged, re-run 'packer pack'")):
+        PackedReader(folder)
+    for argv in (["stats"], ["report"]):
+        assert main([*argv, str(folder)]) == 2
+        assert field in capsys.readouterr().err
+    report = verify_packed(folder)
+    assert report.failed() == ["alignment"] and report.check("manifest").status == "ok"
+    assert [str(d) for d in report.defects] == [f"alignment: {field}"]
+
+
+def test_good_pad_to_multiple_of_is_not_a_manifest_problem(tmp_path, versions):
+    srcs, _ = versions
+    folder = _pack(srcs[0], tmp_path / "p")
+    for value in (None, 1, 8, CAP):
+        manifest = load_manifest(folder)
+        manifest[fmt.MANIFEST_CONFIG][fmt.CONFIG_PAD_TO_MULTIPLE_OF] = value
+        assert fmt.manifest_problems(manifest) == []
+    manifest[fmt.MANIFEST_CONFIG][fmt.CONFIG_PAD_TO_MULTIPLE_OF] = 7
+    assert fmt.manifest_field_problems(manifest) == [
+        (fmt.CONFIG_PAD_PROBLEM, f"config.pad_to_multiple_of is 7, not a positive integer that divides the capacity "
+         f"{CAP}")]
+    manifest[fmt.MANIFEST_CONFIG][fmt.CONFIG_CAPACITY] = 0  # an unusable capacity is the problem, not N
+    assert [k for k, _ in fmt.manifest_field_problems(manifest)] == [fmt.MANIFEST_CONFIG]
 
 
 # ------------------------------------------------------------------------------------------------ files

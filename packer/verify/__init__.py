@@ -42,10 +42,21 @@ from packer.verify.records import (
     INPUT_CHECKS,
     CheckResult,
     Defect,
+    Sequences,
+    Totals,
+    VerifyConfig,
     VerifyReport,
     _Collector,
+    _Shard,
 )
-from packer.verify.shards import _check_alignment, _check_counts, _check_shard, _check_unique, _load_shard
+from packer.verify.shards import (
+    _check_alignment,
+    _check_counts,
+    _check_shard,
+    _check_unique,
+    _decode_shard,
+    _load_shard,
+)
 
 __all__ = ["CHECKS", "DEFAULT_MAX_DEFECTS", "INPUT_CHECKS", "CheckResult", "Defect", "VerifyReport",
            "reseal_manifest", "verify_packed"]
@@ -83,37 +94,69 @@ def verify_packed(
     t0 = time.perf_counter()
     folder = Path(folder)
     col = _Collector(max_defects)
-    totals = {"packs": 0, "sequences": 0, "tokens": 0}
+    totals = Totals()
     inp = None
     if inputs is not None and not isinstance(inputs, TokenizedInput):
         inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    manifest = _read_manifest(folder, col, allow_unsealed=allow_unsealed)
+    cfg = _check_manifest(manifest, col) if manifest is not None else None
+    if cfg is not None:
+        inp = _open_input(inputs, cfg, col)
+        _verify(folder, manifest, cfg, inp, col, totals, checksums=checksums)
+    seconds = time.perf_counter() - t0
+    return VerifyReport(
+        folder=str(folder),
+        checks=_results(col, inputs_given=inputs is not None, checksums=checksums, manifest_read=manifest is not None),
+        defects=tuple(d for name in CHECKS for d in col.defects[name]),
+        n_defects=sum(col.counts.values()),
+        packs=totals.packs,
+        sequences=totals.sequences,
+        tokens=totals.tokens,
+        input_rows=None if inp is None else inp.n_rows,
+        seconds=seconds,
+    )
+
+
+def _read_manifest(folder: Path, col: _Collector, *, allow_unsealed: bool) -> dict | None:
+    """The manifest, its own checksum checked here as a check of its own (so the other checks still run on a
+    modified manifest); None (and a ``manifest`` defect) when it cannot be read at all."""
     try:
-        manifest = fmt.read_manifest(folder, checksum=False)  # checked below, so the other checks still run
+        manifest = fmt.read_manifest(folder, checksum=False)
     except PackerError as e:
         col.ran.add("manifest")
         col.add("manifest", str(e))
-        manifest = None
-    if manifest is not None:
-        _check_manifest_checksum(folder, manifest, col, allow_unsealed=allow_unsealed)
-    cfg = _check_manifest(manifest, col) if manifest is not None else None
-    if cfg is not None:
-        if inputs is not None and not isinstance(inputs, TokenizedInput):
-            files = resolve_paths(inputs)  # a path that does not exist is the caller's error: it raises
-            try:
-                inp = open_input(files, columns=cfg["columns"])
-            except PackerError as e:  # the input does not match the manifest's columns, or is damaged
-                col.ran.add("input")
-                col.add("input", f"cannot be compared: {e}")
-        elif inputs is not None:
-            inp = inputs
-        _verify(folder, manifest, cfg, inp, col, totals, checksums=checksums)
-    seconds = time.perf_counter() - t0
+        return None
+    _check_manifest_checksum(folder, manifest, col, allow_unsealed=allow_unsealed)
+    return manifest
+
+
+def _open_input(inputs: TokenizedInput | list | None, cfg: VerifyConfig, col: _Collector) -> TokenizedInput | None:
+    """The input to compare with, opened with the manifest's columns; None without one, or (with an ``input``
+    defect) when it does not match them or is damaged.
+
+    Raises:
+        PackerError: an input path does not exist (the caller's error).
+    """
+    if inputs is None or isinstance(inputs, TokenizedInput):
+        return inputs
+    files = resolve_paths(inputs)  # a path that does not exist is the caller's error: it raises
+    try:
+        return open_input(files, columns=cfg.columns)
+    except PackerError as e:  # the input does not match the manifest's columns, or is damaged
+        col.ran.add("input")
+        col.add("input", f"cannot be compared: {e}")
+        return None
+
+
+def _results(col: _Collector, *, inputs_given: bool, checksums: bool, manifest_read: bool
+             ) -> tuple[CheckResult, ...]:
+    """One :class:`CheckResult` per entry of :data:`CHECKS`, in its order, from what the checks collected."""
     checks = []
     for name, desc in CHECKS.items():
         n = col.counts[name]
         if name not in col.ran:
-            why = "needs --input" if name in INPUT_CHECKS and inputs is None else "not reached: see the defects above"
-            if name == "checksums" and not checksums and manifest is not None:
+            why = "needs --input" if name in INPUT_CHECKS and not inputs_given else "not reached: see the defects above"
+            if name == "checksums" and not checksums and manifest_read:
                 why = "turned off"
             if name == "manifest_checksum" and name in col.detail:  # no checksum to check: say why
                 why = col.detail[name]
@@ -122,18 +165,7 @@ def verify_packed(
             checks.append(CheckResult(name, desc, "failed", f"{n:,} defect(s)", n))
         else:
             checks.append(CheckResult(name, desc, "ok", col.detail.get(name, desc), 0))
-    defects = tuple(d for name in CHECKS for d in col.defects[name])
-    return VerifyReport(
-        folder=str(folder),
-        checks=tuple(checks),
-        defects=defects,
-        n_defects=sum(col.counts.values()),
-        packs=totals["packs"],
-        sequences=totals["sequences"],
-        tokens=totals["tokens"],
-        input_rows=None if inp is None else inp.n_rows,
-        seconds=seconds,
-    )
+    return tuple(checks)
 
 
 def reseal_manifest(folder: str | os.PathLike, *, inputs=None, max_defects: int = DEFAULT_MAX_DEFECTS
@@ -175,63 +207,68 @@ def reseal_manifest(folder: str | os.PathLike, *, inputs=None, max_defects: int 
     return report, True
 
 
-def _verify(folder: Path, manifest: dict, cfg: dict, inp: TokenizedInput | None, col: _Collector, totals: dict,
-            *, checksums: bool) -> None:
+def _verify(folder: Path, manifest: dict, cfg: VerifyConfig, inp: TokenizedInput | None, col: _Collector,
+            totals: Totals, *, checksums: bool) -> None:
+    """Every check after the manifest's: files, input, then shard by shard (decoded once) the shard checks and the
+    comparison with the input, then the checks over all shards."""
     shards = manifest[fmt.MANIFEST_SHARDS]
-    stats = manifest[fmt.MANIFEST_STATS]
-    capacity, overflow = cfg["capacity"], cfg["overflow"]
+    capacity, overflow = cfg.capacity, cfg.overflow
     input_rows = manifest.get(fmt.MANIFEST_INPUT, {}).get("rows") if isinstance(
         manifest.get(fmt.MANIFEST_INPUT), dict) else None
     present = _check_files(folder, shards, col, checksums=checksums)
-
-    exp = None
-    if inp is not None:
-        exp = _check_input(manifest, cfg, inp, col)
+    exp = _check_input(manifest, cfg, inp, col) if inp is not None else None
 
     col.ran.add("schema")
-    parts = []
+    parts: list[Sequences] = []
     matched = []
-    label_tokens = 0
     compared = 0
     pack_base = 0
     all_loaded = True
+    decoded = []
     for info, data in zip(shards, present):
-        sh = _load_shard(data, info, pack_base, col) if data is not None else None
+        dec = _decode_shard(data, info["file"], col) if data is not None else None
+        decoded.append(dec)
+        sh = _load_shard(dec, info, pack_base, col) if dec is not None else None
         if sh is None:
             all_loaded = False
             pack_base += info["rows"]
             continue
-        rows = sh.ids_off.shape[0] - 1
         seqs = _check_shard(sh, cfg, input_rows, col)
-        label_tokens += seqs.pop("labels")
-        n_tok, n_seq = int(sh.ids_off[-1]), int(sh.seq_off[-1])
-        for key, have in (("rows", rows), ("tokens", n_tok), ("sequences", n_seq)):
-            if have != info[key]:
-                col.add("counts", f"{have:,} {key}, the manifest's shard entry says {info[key]:,}", shard=sh.name)
-        totals["packs"] += rows
-        totals["sequences"] += n_seq
-        totals["tokens"] += n_tok
+        _count_shard(sh, info, totals, col)
         if exp is not None:
-            m = _match(seqs, exp, inp.n_rows, capacity, cfg, inp, sh, col)
+            m = _match(seqs, exp, inp.n_rows, cfg, sh, col)
             matched.append(m)
             compared += _compare_tokens(sh, seqs, m, inp, col)
-        parts.append({k: seqs[k] for k in ("pack", "k", "row", "offset", "length", "good")})
-        pack_base += rows
+        parts.append(seqs.without_start())
+        pack_base += sh.ids_off.shape[0] - 1
         log.debug("verified %s", sh.name)
     col.detail["schema"] = f"{len(shards)} shard(s) readable with the format's schema, offsets valid"
-    col.detail["capacity"] = f"{totals['packs']:,} packs of 1 to {capacity:,} tokens"
-    col.detail["cu_seqlens"] = f"{totals['packs']:,} packs, {totals['sequences']:,} sequence boundaries sound"
-    col.detail["labels"] = f"{totals['sequences']:,} sequence starts masked, label values consistent"
-    _check_alignment(manifest, cfg, present, col)
+    col.detail["capacity"] = f"{totals.packs:,} packs of 1 to {capacity:,} tokens"
+    col.detail["cu_seqlens"] = f"{totals.packs:,} packs, {totals.sequences:,} sequence boundaries sound"
+    col.detail["labels"] = f"{totals.sequences:,} sequence starts masked, label values consistent"
+    _check_alignment(manifest[fmt.MANIFEST_STATS], cfg, decoded, col, complete=all(present))
     if not parts:
         return
-    seq = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    seq = Sequences.concat(parts)
     _check_unique(seq, capacity, overflow, col)
-    col.detail["provenance"] = (f"{totals['sequences']:,} (row, offset) pairs valid and distinct"
+    col.detail["provenance"] = (f"{totals.sequences:,} (row, offset) pairs valid and distinct"
                                 + (", split chunks contiguous" if overflow == "split" else ""))
     if all_loaded:
-        _check_counts(stats, seq, totals, label_tokens, col)
+        _check_counts(manifest[fmt.MANIFEST_STATS], seq, totals, col)
     if exp is not None:
-        _check_coverage(exp, np.concatenate(matched), seq, inp, cfg, col, complete=all_loaded)
+        _check_coverage(exp, np.concatenate(matched), inp, cfg, col, complete=all_loaded)
         col.ran.add("tokens")
         col.detail["tokens"] = f"{compared:,} tokens and labels identical to the input's"
+
+
+def _count_shard(sh: _Shard, info: dict, totals: Totals, col: _Collector) -> None:
+    """The shard's rows, tokens and sequences against its manifest entry; added to ``totals``."""
+    rows = sh.ids_off.shape[0] - 1
+    n_tok, n_seq = int(sh.ids_off[-1]), int(sh.seq_off[-1])
+    for key, have in (("rows", rows), ("tokens", n_tok), ("sequences", n_seq)):
+        if have != info[key]:
+            col.add("counts", f"{have:,} {key}, the manifest's shard entry says {info[key]:,}", shard=sh.name)
+    totals.packs += rows
+    totals.sequences += n_seq
+    totals.tokens += n_tok
+    totals.label_tokens += sh.label_tokens

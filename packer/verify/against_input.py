@@ -3,21 +3,25 @@ identical tokens and labels, or counted as dropped or truncated."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 
 from packer import format as fmt
 from packer.reader import TokenizedInput, input_fingerprint
-from packer.verify.records import _BLOCK_TOKENS, _Collector
-from packer.verify.shards import _Shard
+from packer.verify.records import (
+    _BLOCK_TOKENS,
+    ExpectedPieces,
+    ShardSequences,
+    VerifyConfig,
+    _Collector,
+    _Shard,
+)
 
 
-def _expected_segments(lengths: np.ndarray, capacity: int, overflow: str) -> dict:
-    """The pieces the overflow policy makes of each input row, computed here independently of packer.plan.
-
-    Returns ``first`` and ``count`` (int64 (rows,)): row ``r``'s pieces are ``first[r]:first[r] + count[r]``,
-    piece ``k`` of a row starts at ``k * capacity``; ``row``, ``start``, ``length`` (int64 (pieces,)).
-    """
+def _expected_segments(lengths: np.ndarray, capacity: int, overflow: str) -> ExpectedPieces:
+    """The pieces the overflow policy makes of each input row (int64 (rows,) ``lengths``), computed here
+    independently of packer.plan; ``recomputed`` is left empty."""
     nonempty = lengths > 0
     long = lengths > capacity
     if overflow == "split":
@@ -30,46 +34,47 @@ def _expected_segments(lengths: np.ndarray, capacity: int, overflow: str) -> dic
     row = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), count)
     start = (np.arange(row.shape[0], dtype=np.int64) - first[row]) * capacity
     length = np.minimum(lengths[row] - start, capacity)
-    return {"first": first, "count": count, "row": row, "start": start, "length": length}
+    return ExpectedPieces(first=first, count=count, row=row, start=start, length=length, lengths=lengths)
 
 
-def _match(seqs: dict, exp: dict, n_rows: int, capacity: int, cfg: dict, inp: TokenizedInput, sh: _Shard,
+def _match(seqs: ShardSequences, exp: ExpectedPieces, n_rows: int, cfg: VerifyConfig, sh: _Shard,
            col: _Collector) -> np.ndarray:
-    """Index of each packed sequence's expected piece, or -1 (and a coverage defect) where it has none."""
-    row, off, length = seqs["row"], seqs["offset"], seqs["length"]
+    """Index (int64 (n,)) of each packed sequence's expected piece, or -1 (and a coverage defect) where it has
+    none."""
+    capacity = cfg.capacity
+    row, off, length = seqs.row, seqs.offset, seqs.length
     ok = (row >= 0) & (row < n_rows) & (off >= 0) & (off % capacity == 0)
     r = np.where(ok, row, 0)
     piece = off // capacity
-    ok &= piece < exp["count"][r]
-    m = np.where(ok, exp["first"][r] + piece, 0)
+    ok &= piece < exp.count[r]
+    m = np.where(ok, exp.first[r] + piece, 0)
     m[~ok] = -1
-    bad_len = ok & seqs["good"] & (length != exp["length"][np.maximum(m, 0)])
+    bad_len = ok & seqs.good & (length != exp.length[np.maximum(m, 0)])
 
     def describe(k):
-        where = {"shard": sh.name, "pack": seqs["pack"][k], "row": row[k]}
-        head = f"sequence {int(seqs['k'][k])} of the pack (offset {int(off[k])}, {int(length[k])} tokens): "
+        where = {"shard": sh.name, "pack": seqs.pack[k], "row": row[k]}
+        head = f"sequence {int(seqs.k[k])} of the pack (offset {int(off[k])}, {int(length[k])} tokens): "
         if not ok[k]:
             if not 0 <= row[k] < n_rows:
                 return head + f"the input has no row {int(row[k])}", where
-            n = int(inp_len[row[k]])
-            return head + (f"the input row has {n:,} tokens, and --overflow {cfg['overflow']} with capacity "
+            n = int(exp.lengths[row[k]])
+            return head + (f"the input row has {n:,} tokens, and --overflow {cfg.overflow} with capacity "
                            f"{capacity:,} makes no piece at offset {int(off[k])} of it"), where
-        return head + f"the input's piece there has {int(exp['length'][m[k]]):,} tokens", where
+        return head + f"the input's piece there has {int(exp.length[m[k]]):,} tokens", where
 
-    inp_len = exp["lengths"]
     col.many("coverage", np.flatnonzero(~ok | bad_len), describe)
     m[bad_len] = -1
     return m
 
 
-def _compare_tokens(sh: _Shard, seqs: dict, m: np.ndarray, inp: TokenizedInput, col: _Collector) -> int:
-    """Compare the tokens and labels of every matched sequence of a sound pack with the input. Returns tokens
-    compared."""
-    sel = np.flatnonzero(seqs["good"] & (m >= 0))
+def _compare_tokens(sh: _Shard, seqs: ShardSequences, m: np.ndarray, inp: TokenizedInput, col: _Collector) -> int:
+    """Compare the tokens and labels of every matched sequence (``m``: :func:`_match`) of a sound pack with the
+    input. Returns tokens compared."""
+    sel = np.flatnonzero(seqs.good & (m >= 0))
     if not sel.shape[0]:
         return 0
     mode = "labels" if inp.columns.labels else "mask" if inp.columns.loss_mask else "ids"
-    row, off, n, dst0 = seqs["row"][sel], seqs["offset"][sel], seqs["length"][sel], seqs["start"][sel]
+    row, off, n, dst0 = seqs.row[sel], seqs.offset[sel], seqs.length[sel], seqs.start[sel]
     chunk_starts = inp.chunk_row_starts()
     chunk_of = np.searchsorted(chunk_starts, row, side="right") - 1
     compared = 0
@@ -110,20 +115,21 @@ def _compare_tokens(sh: _Shard, seqs: dict, m: np.ndarray, inp: TokenizedInput, 
                     t = int(bad[i])
                     jj = int(j[i])
                     k = int(sel[idx[j0 + jj]])
-                    path, local = inp.locate(int(seqs["row"][k]))
+                    path, local = inp.locate(int(seqs.row[k]))
                     q = int(np.searchsorted(seq_first, i))
-                    return (f"sequence {int(seqs['k'][k])} of the pack ({os.path.basename(path)} row {local}, offset "
-                            f"{int(seqs['offset'][k])}): {what} differ at {int(per_seq[q]):,} of {int(lens[jj]):,} "
+                    return (f"sequence {int(seqs.k[k])} of the pack ({os.path.basename(path)} row {local}, offset "
+                            f"{int(seqs.offset[k])}): {what} differ at {int(per_seq[q]):,} of {int(lens[jj]):,} "
                             f"tokens, first at token {t - int(excl[jj])}: packed {int(got[t])}, input {int(want[t])}",
-                            {"shard": sh.name, "pack": seqs["pack"][k], "row": seqs["row"][k]})
+                            {"shard": sh.name, "pack": seqs.pack[k], "row": seqs.row[k]})
 
                 col.many("tokens", bad[seq_first], lambda i: describe(int(np.searchsorted(bad, i))))
             compared += tot
     return compared
 
 
-def _check_input(manifest: dict, cfg: dict, inp: TokenizedInput, col: _Collector) -> dict:
-    """Input rows and fingerprint against the manifest, and the statistics recomputed from the input."""
+def _check_input(manifest: dict, cfg: VerifyConfig, inp: TokenizedInput, col: _Collector) -> ExpectedPieces:
+    """Input rows and fingerprint against the manifest, and the statistics recomputed from the input. Returns the
+    pieces the input should give, with the recomputed statistics."""
 
     col.ran.update(("input", "coverage"))
     lengths = inp.lengths
@@ -146,9 +152,8 @@ def _check_input(manifest: dict, cfg: dict, inp: TokenizedInput, col: _Collector
                 "resized or reordered files)")
     col.detail["input"] = f"{inp.n_rows:,} rows in {len(inp.files)} file(s), fingerprint {fingerprint[:16]}... matches"
 
-    capacity, overflow = cfg["capacity"], cfg["overflow"]
+    capacity, overflow = cfg.capacity, cfg.overflow
     exp = _expected_segments(lengths, capacity, overflow)
-    exp["lengths"] = lengths
     long = lengths > capacity
     recomputed = {
         "sequences_in": inp.n_rows,
@@ -159,33 +164,34 @@ def _check_input(manifest: dict, cfg: dict, inp: TokenizedInput, col: _Collector
         "sequences_truncated": int(np.count_nonzero(long)) if overflow == "truncate" else 0,
         "tokens_truncated": int((lengths[long] - capacity).sum()) if overflow == "truncate" else 0,
         "sequences_split": int(np.count_nonzero(long)) if overflow == "split" else 0,
-        "sequences_out": int(exp["row"].shape[0]),
-        "tokens_out": int(exp["length"].sum()),
+        "sequences_out": int(exp.row.shape[0]),
+        "tokens_out": int(exp.length.sum()),
     }
     stats = manifest[fmt.MANIFEST_STATS]
     for key, want in recomputed.items():
         if stats.get(key) != want:
             col.add("coverage", f"the input gives {key.replace('_', ' ')} = {want:,} with --overflow {overflow}, "
                     f"the manifest's stats say {stats.get(key)!r}")
-    exp["recomputed"] = recomputed
-    return exp
+    return replace(exp, recomputed=recomputed)
 
 
-def _check_coverage(exp: dict, matched: np.ndarray, seq: dict, inp: TokenizedInput, cfg: dict, col: _Collector,
-                    *, complete: bool) -> None:
-    hits = np.bincount(matched[matched >= 0], minlength=exp["row"].shape[0])
+def _check_coverage(exp: ExpectedPieces, matched: np.ndarray, inp: TokenizedInput, cfg: VerifyConfig,
+                    col: _Collector, *, complete: bool) -> None:
+    """Every expected piece in exactly one pack (``matched``: int64, each packed sequence's piece or -1); a piece in
+    none is reported only when every shard was read (``complete``)."""
+    hits = np.bincount(matched[matched >= 0], minlength=exp.row.shape[0])
     missing = np.flatnonzero(hits == 0) if complete else np.zeros(0, dtype=np.int64)
     twice = np.flatnonzero(hits > 1)
 
     def describe(i, what):
-        r = int(exp["row"][i])
+        r = int(exp.row[i])
         path, local = inp.locate(r)
-        return (f"{os.path.basename(path)} row {local} ({int(exp['lengths'][r]):,} tokens), piece at offset "
-                f"{int(exp['start'][i]):,} ({int(exp['length'][i]):,} tokens): {what}", {"row": r})
+        return (f"{os.path.basename(path)} row {local} ({int(exp.lengths[r]):,} tokens), piece at offset "
+                f"{int(exp.start[i]):,} ({int(exp.length[i]):,} tokens): {what}", {"row": r})
 
-    col.many("coverage", missing, lambda i: describe(i, f"in no pack, but --overflow {cfg['overflow']} keeps it"))
+    col.many("coverage", missing, lambda i: describe(i, f"in no pack, but --overflow {cfg.overflow} keeps it"))
     col.many("coverage", twice, lambda i: describe(i, f"in {int(hits[i])} packs"))
-    rec = exp["recomputed"]
+    rec = exp.recomputed
     lost = rec["sequences_dropped"] + rec["sequences_truncated"]
     col.detail["coverage"] = (
         f"{rec['sequences_in']:,} input rows: {rec['sequences_out']:,} pieces each in exactly one pack, "

@@ -13,7 +13,7 @@ from packer import format as fmt
 from packer.errors import PackerError
 from packer.plan import OVERFLOW_POLICIES
 from packer.reader import Columns
-from packer.verify.records import _Collector
+from packer.verify.records import VerifyConfig, _Collector
 
 
 def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector, *, allow_unsealed: bool) -> None:
@@ -43,14 +43,19 @@ def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector, *, a
                 f"'packer verify {folder} --reseal' adds one, or pass --allow-unsealed to accept it as it is")
 
 
-def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
+def _check_manifest(manifest: dict, col: _Collector) -> VerifyConfig | None:
     """Validate the manifest's fields (:func:`packer.format.manifest_field_problems`, and the config's overflow
-    policy and columns); return the usable config (columns as :class:`Columns`) or None when the config or the shard
-    list cannot be used. Problems of ``stats`` alone are defects, and the shards are still checked."""
+    policy and columns); return the usable config or None when the config or the shard list cannot be used.
+    Problems of ``stats`` alone are defects, and the shards are still checked; a bad ``config.pad_to_multiple_of``
+    is left to the alignment check (``VerifyConfig.pad_problem``)."""
     col.ran.add("manifest")
     add = lambda msg: col.add("manifest", msg)  # noqa: E731
     blocking = False
+    pad_problem = None
     for key, message in fmt.manifest_field_problems(manifest):
+        if key == fmt.CONFIG_PAD_PROBLEM:
+            pad_problem = message
+            continue
         add(message)
         blocking |= key != fmt.MANIFEST_STATS
     cfg = manifest.get(fmt.MANIFEST_CONFIG)
@@ -76,7 +81,9 @@ def _check_manifest(manifest: dict, col: _Collector) -> dict | None:
     capacity = cfg["capacity"]
     col.detail["manifest"] = (f"{fmt.FORMAT_NAME} v{manifest[fmt.MANIFEST_VERSION]}, {n} shard(s), capacity "
                               f"{capacity:,}, overflow {cfg['overflow']}, well-formed")
-    return {"capacity": capacity, "overflow": cfg["overflow"], "columns": columns}
+    return VerifyConfig(capacity=capacity, overflow=cfg["overflow"], columns=columns,
+                        pad_to_multiple_of=None if pad_problem else fmt.pad_to_multiple_of(manifest),
+                        pad_problem=pad_problem)
 
 
 def _check_files(folder: Path, shards: list[dict], col: _Collector, *, checksums: bool) -> list:

@@ -1,12 +1,17 @@
-"""The records of a verification: the checks, a defect, a check's outcome, the report, and the collector the
-checks add defects to (capped at ``max_defects`` per check)."""
+"""The records of a verification: the checks, a defect, a check's outcome, the report, the collector the checks
+add defects to (capped at ``max_defects`` per check), and what the checks hand each other: the usable config
+(:class:`VerifyConfig`), a loaded shard (:class:`_Shard`), its sequence table (:class:`ShardSequences`, all shards'
+in :class:`Sequences`), the pieces the input should give (:class:`ExpectedPieces`) and the running :class:`Totals`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 
 import numpy as np
+import pyarrow as pa
 
 from packer import format as fmt
+from packer.reader import Columns
 
 
 CHECKS = {
@@ -129,6 +134,154 @@ class VerifyReport:
                          else f"defects (first {len(self.defects)} of {self.n_defects:,}):")
             lines.extend(f"  {d}" for d in self.defects)
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """The manifest's config as the checks use it, once the manifest check found it usable.
+
+    Attributes:
+        capacity: ``config.capacity``, tokens per pack (1..:data:`packer.format.MAX_CAPACITY`).
+        overflow: ``config.overflow``, a key of :data:`packer.plan.OVERFLOW_POLICIES`.
+        columns: ``config.columns``, the input columns the folder was packed from.
+        pad_to_multiple_of: ``config.pad_to_multiple_of``: N of a ``--pad-to-multiple-of`` folder, None without
+            (or when it is bad: then ``pad_problem`` holds the manifest schema's message).
+        pad_problem: :func:`packer.format.manifest_field_problems`' message about a bad
+            ``config.pad_to_multiple_of``, reported by the ``alignment`` check; None when it is sound.
+    """
+
+    capacity: int
+    overflow: str
+    columns: Columns
+    pad_to_multiple_of: int | None = None
+    pad_problem: str | None = None
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One shard as the checks read it: the decoded table and its columns as flat numpy arrays (zero-copy views of
+    the memory-mapped file). Offsets are int64 (packs + 1,) rebased to start at 0; values keep the format's dtypes.
+
+    Attributes:
+        name: the shard's file name.
+        pack_base: global index of its first pack.
+        ids_off, ids: ``input_ids`` offsets and int32 (tokens,) values.
+        labels: ``labels`` int32 (tokens,), same offsets as ``ids``.
+        cu_off, cu: ``cu_seqlens`` offsets and int32 (sequences + packs,) values.
+        seq_off, seq_index: ``seq_index`` offsets and int64 (sequences,) values (``seq_offset`` has the same).
+        seq_offset: ``seq_offset`` int32 (sequences,).
+    """
+
+    name: str
+    pack_base: int
+    ids_off: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    cu_off: np.ndarray
+    cu: np.ndarray
+    seq_off: np.ndarray
+    seq_index: np.ndarray
+    seq_offset: np.ndarray
+
+    @property
+    def label_tokens(self) -> int:
+        """Tokens trained on: labels other than :data:`packer.format.IGNORE_INDEX`."""
+        return int(np.count_nonzero(self.labels != fmt.IGNORE_INDEX))
+
+
+@dataclass(frozen=True)
+class DecodedShard:
+    """A shard's bytes decoded as an Arrow stream with one of the format's schemas (:data:`packer.format.SCHEMA`,
+    ``LEGACY_SCHEMA`` or ``ALIGNED_SCHEMA``), before its buffers are validated: decoded once, read by the shard
+    checks and by the alignment check.
+
+    Attributes:
+        name: the shard's file name.
+        table: the decoded table (zero-copy over the memory-mapped file).
+    """
+
+    name: str
+    table: pa.Table
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Packed sequences, one entry each, in shard order: one shard's, or every loaded shard's (:meth:`concat`).
+
+    Attributes:
+        pack: int64 (n,), the global index of the sequence's pack.
+        k: int64 (n,), the sequence's index within its pack.
+        row: int64 (n,), its input row (``seq_index``).
+        offset: int64 (n,), its first token's offset in that row (``seq_offset``).
+        length: int64 (n,), its tokens from ``cu_seqlens`` (0 where the pack has the wrong number of entries).
+        good: bool (n,), the pack's ``cu_seqlens`` are sound, so the sequence's boundaries can be trusted.
+    """
+
+    pack: np.ndarray
+    k: np.ndarray
+    row: np.ndarray
+    offset: np.ndarray
+    length: np.ndarray
+    good: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list[Sequences]) -> Sequences:
+        """The sequences of ``parts`` (at least one) back to back, as a plain :class:`Sequences`."""
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Sequences)})
+
+
+@dataclass(frozen=True)
+class ShardSequences(Sequences):
+    """One shard's :class:`Sequences`, with where each starts in the shard.
+
+    Attributes:
+        start: int64 (n,), the sequence's first token's index into the shard's flat ``ids``/``labels``.
+    """
+
+    start: np.ndarray
+
+    def without_start(self) -> Sequences:
+        """The same arrays as a plain :class:`Sequences` (``start`` means nothing across shards)."""
+        return Sequences(**{f.name: getattr(self, f.name) for f in fields(Sequences)})
+
+
+@dataclass(frozen=True)
+class ExpectedPieces:
+    """The pieces the overflow policy makes of the input's rows (computed independently of :mod:`packer.plan`).
+
+    Attributes:
+        first: int64 (rows,), row ``r``'s pieces are ``first[r]:first[r] + count[r]``.
+        count: int64 (rows,), pieces of each row (0 for an empty or dropped row).
+        row: int64 (pieces,), each piece's input row.
+        start: int64 (pieces,), its offset in the row (piece ``k`` of a row starts at ``k * capacity``).
+        length: int64 (pieces,), its tokens.
+        lengths: int64 (rows,), the input rows' lengths.
+        recomputed: the statistics recomputed from the input, keyed by the manifest's ``stats`` names
+            (``sequences_in``, ``tokens_in``, ..., ``tokens_out``).
+    """
+
+    first: np.ndarray
+    count: np.ndarray
+    row: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    lengths: np.ndarray
+    recomputed: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Totals:
+    """What the loaded shards hold, added up shard by shard.
+
+    Attributes:
+        packs, sequences, tokens: rows, sequences and tokens of the shards read so far.
+        label_tokens: their tokens trained on (labels other than -100).
+    """
+
+    packs: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    label_tokens: int = 0
 
 
 class _Collector:

@@ -2,30 +2,20 @@
 manifest, and the alignment of ``--pad-to-multiple-of`` folders; whole shards at once as numpy views."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyarrow as pa
 
 from packer import format as fmt
-from packer.reader import Columns
-from packer.verify.records import _Collector, _is_int
-
-
-@dataclass
-class _Shard:
-    """One shard's columns as flat numpy arrays; offsets int64 rebased to start at 0."""
-
-    name: str
-    pack_base: int
-    ids_off: np.ndarray
-    ids: np.ndarray
-    labels: np.ndarray
-    cu_off: np.ndarray
-    cu: np.ndarray
-    seq_off: np.ndarray
-    seq_index: np.ndarray
-    seq_offset: np.ndarray
+from packer.verify.records import (
+    DecodedShard,
+    Sequences,
+    ShardSequences,
+    Totals,
+    VerifyConfig,
+    _Collector,
+    _is_int,
+    _Shard,
+)
 
 
 def _flat(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,20 +30,36 @@ def _flat(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return offsets - base, values[base : int(offsets[-1])]
 
 
-def _load_shard(data: pa.Buffer, info: dict, pack_base: int, col: _Collector) -> _Shard | None:
-    name = info["file"]
+def _decode_shard(data: pa.Buffer, name: str, col: _Collector) -> DecodedShard | None:
+    """Decode a shard's bytes as an Arrow stream with one of the format's schemas, once for every check; None (and a
+    ``schema`` defect) when it is not one."""
     try:
         reader = pa.ipc.open_stream(data)
         if not any(reader.schema.equals(s) for s in (fmt.SCHEMA, fmt.LEGACY_SCHEMA, fmt.ALIGNED_SCHEMA)):
             col.add("schema", f"schema is {reader.schema}, not the format's {fmt.SCHEMA}".replace("\n", "; "),
                     shard=name)
             return None
-        table = reader.read_all()
+        return DecodedShard(name, reader.read_all())
+    except (pa.ArrowException, OSError, ValueError) as e:
+        col.add("schema", _unreadable(e), shard=name)
+        return None
+
+
+def _unreadable(e: Exception) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"not a readable Arrow IPC stream ({msg})"
+
+
+def _load_shard(dec: DecodedShard, info: dict, pack_base: int, col: _Collector) -> _Shard | None:
+    """Validate a decoded shard's buffers and read its columns as flat arrays; None (and a defect) when they cannot
+    be trusted: invalid buffers or nulls (``schema``), labels and input_ids of different lengths (``capacity``),
+    seq_offset and seq_index of different lengths (``provenance``), seq_lengths that disagree with cu_seqlens."""
+    name, table = dec.name, dec.table
+    try:
         for batch in table.to_batches():
             batch.validate(full=True)  # corrupted offsets must not reach numpy indexing
     except (pa.ArrowException, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        col.add("schema", f"not a readable Arrow IPC stream ({msg})", shard=name)
+        col.add("schema", _unreadable(e), shard=name)
         return None
     for c in table.column_names:
         column = table.column(c)
@@ -77,49 +83,80 @@ def _load_shard(data: pa.Buffer, info: dict, pack_base: int, col: _Collector) ->
         col.add("provenance", "seq_offset and seq_index differ in length", shard=name, pack=pack_base + max(p, 0))
         return None
     if fmt.SEQ_LENGTHS in table.column_names:  # folders written before the column lack it (format.LEGACY_SCHEMA)
-        sl_off, seq_lengths = _flat(table, fmt.SEQ_LENGTHS)
-        n_seq = np.diff(cu_off) - 1  # -1 for an empty cu_seqlens list, which _check_shard reports too
-        bad = np.diff(sl_off) != n_seq
-        if not bad.any():  # one length per sequence in every pack: compare the values
-            real = np.ones(cu.shape[0], dtype=bool)
-            real[cu_off[:-1]] = False  # diff against the entry before: not across two packs
-            cu64 = cu.astype(np.int64)
-            wrong = np.flatnonzero(seq_lengths.astype(np.int64) != (cu64 - np.concatenate([[0], cu64[:-1]]))[real])
-            if wrong.shape[0]:
-                bad[np.searchsorted(sl_off, wrong[0], side="right") - 1] = True
-        if bad.any():
-            p = int(np.argmax(bad))
+        p = _seq_lengths_disagree(table, cu_off, cu)
+        if p is not None:
             col.add("cu_seqlens", f"{fmt.SEQ_LENGTHS} disagrees with {fmt.CU_SEQLENS} in pack {pack_base + p}",
                     shard=name, pack=pack_base + p)
             return None
     return _Shard(name, pack_base, ids_off, ids, labels, cu_off, cu, seq_off, seq_index, seq_offset)
 
 
-def _check_shard(sh: _Shard, cfg: dict, input_rows, col: _Collector) -> dict:
+def _seq_lengths_disagree(table: pa.Table, cu_off: np.ndarray, cu: np.ndarray) -> int | None:
+    """The first pack (within the shard) whose ``seq_lengths`` are not the steps of its ``cu_seqlens``, or None."""
+    sl_off, seq_lengths = _flat(table, fmt.SEQ_LENGTHS)
+    n_seq = np.diff(cu_off) - 1  # -1 for an empty cu_seqlens list, which _check_shard reports too
+    bad = np.diff(sl_off) != n_seq
+    if not bad.any():  # one length per sequence in every pack: compare the values
+        real = np.ones(cu.shape[0], dtype=bool)
+        real[cu_off[:-1]] = False  # diff against the entry before: not across two packs
+        cu64 = cu.astype(np.int64)
+        wrong = np.flatnonzero(seq_lengths.astype(np.int64) != (cu64 - np.concatenate([[0], cu64[:-1]]))[real])
+        if wrong.shape[0]:
+            bad[np.searchsorted(sl_off, wrong[0], side="right") - 1] = True
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _check_shard(sh: _Shard, cfg: VerifyConfig, input_rows, col: _Collector) -> ShardSequences:
     """Capacity, cu_seqlens, labels and provenance of one shard, all vectorised.
 
-    Returns per-sequence arrays (in shard order) for the global checks: ``pack`` (global), ``row``, ``offset``,
-    ``length``, ``start`` (first token's index into the shard's flat ``ids``) and ``good`` (the sequence's pack
-    has sound cu_seqlens, so its boundaries can be trusted).
+    Args:
+        input_rows: the manifest's ``input.rows`` (sequences' ``seq_index`` must be below it when it is an int).
+
+    Returns:
+        The shard's sequences (in shard order) for the global checks.
     """
-    capacity = cfg["capacity"]
     rows = sh.ids_off.shape[0] - 1
     packs = np.arange(rows, dtype=np.int64) + sh.pack_base
+    col.ran.update(("capacity", "cu_seqlens", "labels", "provenance"))
+    over = _check_capacity(sh, packs, cfg.capacity, col)
+    cu = sh.cu.astype(np.int64)
+    bad_len, bad_cu = _check_cu_seqlens(sh, packs, cu, col)
+    sound = ~bad_len & ~bad_cu & (np.diff(sh.seq_off) > 0) & ~over
+    seqs = _sequence_table(sh, packs, cu, bad_len, sound)
+    _check_sequence_starts(sh, seqs, col)
+    _check_token_values(sh, cfg, packs, sound, seqs.start[seqs.good], col)
+    _check_provenance(sh, seqs, cfg, input_rows, col)
+    return seqs
+
+
+def _check_capacity(sh: _Shard, packs: np.ndarray, capacity: int, col: _Collector) -> np.ndarray:
+    """Every pack holds 1..capacity tokens. Returns bool (packs,): the pack does not."""
+    pack_tokens = np.diff(sh.ids_off)
+    over = (pack_tokens == 0) | (pack_tokens > capacity)
+    col.many("capacity", np.flatnonzero(over), lambda p: (
+        f"{int(pack_tokens[p]):,} tokens; a pack holds 1 to {capacity:,}", {"shard": sh.name, "pack": packs[p]}))
+    return over
+
+
+def _check_cu_seqlens(sh: _Shard, packs: np.ndarray, cu: np.ndarray, col: _Collector
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """cu_seqlens: one entry per sequence plus one, 0 first, strictly increasing, the pack's length last.
+
+    Args:
+        cu: the shard's ``cu_seqlens`` values as int64.
+
+    Returns:
+        ``(bad_len, bad_cu)``, bool (packs,): the pack's list has the wrong number of entries; it has the right
+        number but wrong values.
+    """
+    rows = packs.shape[0]
     pack_tokens = np.diff(sh.ids_off)
     n_seq = np.diff(sh.seq_off)
     n_cu = np.diff(sh.cu_off)
     at = lambda p: {"shard": sh.name, "pack": packs[p]}  # noqa: E731
-    col.ran.update(("capacity", "cu_seqlens", "labels", "provenance"))
-
-    over = (pack_tokens == 0) | (pack_tokens > capacity)
-    col.many("capacity", np.flatnonzero(over),
-             lambda p: (f"{int(pack_tokens[p]):,} tokens; a pack holds 1 to {capacity:,}", at(p)))
-
-    # cu_seqlens: one entry per sequence plus one, 0 first, strictly increasing, the pack's length last
     bad_len = n_cu != n_seq + 1
     col.many("cu_seqlens", np.flatnonzero(bad_len),
              lambda p: (f"{int(n_cu[p])} entries for {int(n_seq[p])} sequences (needs {int(n_seq[p]) + 1})", at(p)))
-    cu = sh.cu.astype(np.int64)
     has = n_cu > 0
     first = np.zeros(rows, dtype=np.int64)
     last = np.zeros(rows, dtype=np.int64)
@@ -147,63 +184,76 @@ def _check_shard(sh: _Shard, cfg: dict, input_rows, col: _Collector) -> dict:
         return f"cu_seqlens [{shown}] {why}", at(p)
 
     col.many("cu_seqlens", np.flatnonzero(bad_cu), describe_cu)
-    sound = ~bad_len & ~bad_cu & (n_seq > 0) & ~over
+    return bad_len, bad_cu
 
-    # per-sequence arrays; sequences of packs with a wrong number of cu_seqlens entries get length 0, not good
+
+def _sequence_table(sh: _Shard, packs: np.ndarray, cu: np.ndarray, bad_len: np.ndarray, sound: np.ndarray
+                    ) -> ShardSequences:
+    """The shard's sequences; those of packs with a wrong number of cu_seqlens entries get length 0, not good."""
+    rows = packs.shape[0]
+    n_seq = np.diff(sh.seq_off)
+    n_cu = np.diff(sh.cu_off)
+    step = np.diff(cu)
     seq_pack = np.repeat(np.arange(rows, dtype=np.int64), n_seq)
-    seq_good = np.repeat(sound, n_seq)
     row_of_entry = np.repeat(np.arange(rows, dtype=np.int64), n_cu)
     is_last = np.zeros(cu.shape[0], dtype=bool)
-    is_last[sh.cu_off[1:][has] - 1] = True
+    is_last[sh.cu_off[1:][n_cu > 0] - 1] = True
     take = np.repeat(~bad_len, n_cu) & ~is_last if row_of_entry.shape[0] else is_last
     seq_len_ok = np.repeat(~bad_len, n_seq)
     starts = np.zeros(seq_pack.shape[0], dtype=np.int64)
     lengths = np.zeros(seq_pack.shape[0], dtype=np.int64)
     starts[seq_len_ok] = cu[take]
     lengths[seq_len_ok] = np.append(step, 0)[take]
-    start_tok = sh.ids_off[:-1][seq_pack] + starts
-    k_in_pack = np.arange(seq_pack.shape[0], dtype=np.int64) - sh.seq_off[seq_pack]
+    return ShardSequences(
+        pack=packs[seq_pack],
+        k=np.arange(seq_pack.shape[0], dtype=np.int64) - sh.seq_off[seq_pack],
+        row=sh.seq_index.astype(np.int64),
+        offset=sh.seq_offset.astype(np.int64),
+        length=lengths,
+        good=np.repeat(sound, n_seq),
+        start=sh.ids_off[:-1][seq_pack] + starts,
+    )
 
-    def seq_where(k):
-        return {"shard": sh.name, "pack": packs[seq_pack[k]], "row": sh.seq_index[k]}
 
-    # labels: -100 at every sequence start of a sound pack
-    gs = np.flatnonzero(seq_good)
-    unmasked = gs[sh.labels[start_tok[gs]] != fmt.IGNORE_INDEX]
-    col.many("labels", unmasked, lambda k: (
-        f"sequence {int(k_in_pack[k])} of the pack starts at token {int(starts[k])} with label "
-        f"{int(sh.labels[start_tok[k]])}, not {fmt.IGNORE_INDEX}", seq_where(k)))
-    _check_token_values(sh, cfg, packs, sound, start_tok[gs], col)
+def _seq_where(sh: _Shard, seqs: ShardSequences, k: int) -> dict:
+    return {"shard": sh.name, "pack": seqs.pack[k], "row": sh.seq_index[k]}
 
-    # provenance
+
+def _check_sequence_starts(sh: _Shard, seqs: ShardSequences, col: _Collector) -> None:
+    """labels: -100 at every sequence start of a sound pack."""
+    gs = np.flatnonzero(seqs.good)
+    unmasked = gs[sh.labels[seqs.start[gs]] != fmt.IGNORE_INDEX]
+
+    def describe(k):
+        in_pack = int(seqs.start[k] - sh.ids_off[seqs.pack[k] - sh.pack_base])
+        return (f"sequence {int(seqs.k[k])} of the pack starts at token {in_pack} with label "
+                f"{int(sh.labels[seqs.start[k]])}, not {fmt.IGNORE_INDEX}", _seq_where(sh, seqs, k))
+
+    col.many("labels", unmasked, describe)
+
+
+def _check_provenance(sh: _Shard, seqs: ShardSequences, cfg: VerifyConfig, input_rows, col: _Collector) -> None:
+    """seq_index within the input's rows (when the manifest records them), seq_offset as the overflow policy makes
+    it."""
+    capacity = cfg.capacity
     bad_row = sh.seq_index < 0
     if _is_int(input_rows):
         bad_row |= sh.seq_index >= input_rows
-    if cfg["overflow"] == "split":
+    if cfg.overflow == "split":
         bad_off = (sh.seq_offset < 0) | (sh.seq_offset % capacity != 0)
     else:
         bad_off = sh.seq_offset != 0
     col.many("provenance", np.flatnonzero(bad_row | bad_off), lambda k: (
-        f"sequence {int(k_in_pack[k])} of the pack: seq_index {int(sh.seq_index[k])} is outside the input's "
+        f"sequence {int(seqs.k[k])} of the pack: seq_index {int(sh.seq_index[k])} is outside the input's "
         f"{input_rows} rows" if bad_row[k] else
-        f"sequence {int(k_in_pack[k])} of the pack: seq_offset {int(sh.seq_offset[k])} is impossible with "
-        f"overflow {cfg['overflow']} and capacity {capacity:,}", seq_where(k)))
-    return {
-        "pack": packs[seq_pack],
-        "k": k_in_pack,
-        "row": sh.seq_index.astype(np.int64),
-        "offset": sh.seq_offset.astype(np.int64),
-        "length": lengths,
-        "start": start_tok,
-        "good": seq_good,
-        "labels": int(np.count_nonzero(sh.labels != fmt.IGNORE_INDEX)),
-    }
+        f"sequence {int(seqs.k[k])} of the pack: seq_offset {int(sh.seq_offset[k])} is impossible with "
+        f"overflow {cfg.overflow} and capacity {capacity:,}", _seq_where(sh, seqs, k)))
 
 
-def _check_token_values(sh: _Shard, cfg: dict, packs: np.ndarray, sound: np.ndarray, seq_starts: np.ndarray,
+def _check_token_values(sh: _Shard, cfg: VerifyConfig, packs: np.ndarray, sound: np.ndarray, seq_starts: np.ndarray,
                         col: _Collector) -> None:
     """Token ids >= 0; labels -100 or >= 0; labels equal the tokens (or -100, with a loss mask) as configured."""
-    columns: Columns = cfg["columns"]
+    columns = cfg.columns
 
     def at_token(t, what):
         p = int(np.searchsorted(sh.ids_off, t, side="right") - 1)
@@ -227,22 +277,23 @@ def _check_token_values(sh: _Shard, cfg: dict, packs: np.ndarray, sound: np.ndar
         t, f"label {int(sh.labels[t])} for token id {int(sh.ids[t])}: {rule}"))
 
 
-def _check_unique(seq: dict, capacity: int, overflow: str, col: _Collector) -> None:
-    order = np.lexsort((seq["offset"], seq["row"]))
-    row, off = seq["row"][order], seq["offset"][order]
+def _check_unique(seq: Sequences, capacity: int, overflow: str, col: _Collector) -> None:
+    """No (row, offset) packed twice; with ``split``, each row's chunks contiguous and full but the last."""
+    order = np.lexsort((seq.offset, seq.row))
+    row, off = seq.row[order], seq.offset[order]
     same = (row[1:] == row[:-1]) & (off[1:] == off[:-1])
 
     def describe(i):
         a, b = order[i], order[i + 1]
-        return (f"input row {int(row[i])} offset {int(off[i])} is packed twice: pack {int(seq['pack'][a])} "
-                f"(sequence {int(seq['k'][a])}) and pack {int(seq['pack'][b])} (sequence {int(seq['k'][b])})",
-                {"pack": seq["pack"][b], "row": row[i]})
+        return (f"input row {int(row[i])} offset {int(off[i])} is packed twice: pack {int(seq.pack[a])} "
+                f"(sequence {int(seq.k[a])}) and pack {int(seq.pack[b])} (sequence {int(seq.k[b])})",
+                {"pack": seq.pack[b], "row": row[i]})
 
     col.many("provenance", np.flatnonzero(same), describe)
     if overflow != "split":
         return
-    length = seq["length"][order]
-    good = seq["good"][order]
+    length = seq.length[order]
+    good = seq.good[order]
     new_row = np.r_[True, row[1:] != row[:-1]]
     prev_end = np.r_[0, off[:-1] + length[:-1]]
     gap = ~new_row & (off != prev_end) & good & np.r_[False, good[:-1]] & np.r_[False, ~same]
@@ -252,17 +303,18 @@ def _check_unique(seq: dict, capacity: int, overflow: str, col: _Collector) -> N
         f"split chunks not contiguous: chunk at offset {int(off[i])} ({int(length[i])} tokens) " + (
             "is the row's first piece" if lead[i] else "is not a full chunk but is followed by another" if short[i]
             else f"follows a chunk ending at {int(prev_end[i])}"),
-        {"pack": seq["pack"][order[i]], "row": row[i]}))
+        {"pack": seq.pack[order[i]], "row": row[i]}))
 
 
-def _check_counts(stats: dict, seq: dict, totals: dict, label_tokens: int, col: _Collector) -> None:
+def _check_counts(stats: dict, seq: Sequences, totals: Totals, col: _Collector) -> None:
+    """The shards' totals against the manifest's ``stats``, and the stats' own sums against them."""
     col.ran.add("counts")
-    rows_out = int(np.unique(seq["row"]).shape[0])
+    rows_out = int(np.unique(seq.row).shape[0])
     want = {
-        "packs": totals["packs"],
-        "sequences_out": totals["sequences"],
-        "tokens_out": totals["tokens"],
-        "label_tokens": label_tokens,
+        "packs": totals.packs,
+        "sequences_out": totals.sequences,
+        "tokens_out": totals.tokens,
+        "label_tokens": totals.label_tokens,
     }
     for key, have in want.items():
         if stats.get(key) != have or isinstance(stats.get(key), bool):
@@ -270,104 +322,115 @@ def _check_counts(stats: dict, seq: dict, totals: dict, label_tokens: int, col: 
                     f"{stats.get(key)!r}")
     try:
         lost_tokens = stats["tokens_dropped"] + stats["tokens_truncated"]
-        if stats["tokens_in"] - lost_tokens != totals["tokens"]:
+        if stats["tokens_in"] - lost_tokens != totals.tokens:
             col.add("counts", f"tokens in {stats['tokens_in']:,} - dropped {stats['tokens_dropped']:,} - truncated "
-                    f"{stats['tokens_truncated']:,} != {totals['tokens']:,} tokens in the packs")
+                    f"{stats['tokens_truncated']:,} != {totals.tokens:,} tokens in the packs")
         kept_rows = stats["sequences_in"] - stats["empty_sequences_skipped"] - stats["sequences_dropped"]
         if kept_rows != rows_out:
             col.add("counts", f"sequences in {stats['sequences_in']:,} - empty {stats['empty_sequences_skipped']:,}"
                     f" - dropped {stats['sequences_dropped']:,} != {rows_out:,} input rows in the packs")
     except (KeyError, TypeError, ValueError) as e:
         col.add("counts", f"the manifest's stats lack a count or hold a non-number ({type(e).__name__}: {e})")
-    col.detail["counts"] = (f"{totals['packs']:,} packs, {totals['sequences']:,} sequences, {totals['tokens']:,} "
-                            f"tokens, {label_tokens:,} label tokens agree with the manifest")
+    col.detail["counts"] = (f"{totals.packs:,} packs, {totals.sequences:,} sequences, {totals.tokens:,} "
+                            f"tokens, {totals.label_tokens:,} label tokens agree with the manifest")
 
 
-def _check_alignment(manifest: dict, cfg: dict, present: list[pa.Buffer | None], col: _Collector) -> None:
+def _check_alignment(stats: dict, cfg: VerifyConfig, decoded: list[DecodedShard | None], col: _Collector, *,
+                     complete: bool) -> None:
     """The ``alignment`` check (``--pad-to-multiple-of``): config, column presence, padded spans, statistics.
 
-    Reads ``cu_seqlens`` and ``cu_seqlens_padded`` of every readable shard again from the bytes the files check
-    opened safely (``present``: a buffer per shard, None for one it refused; vectorised); a shard that another
-    check found unreadable is left to that check.
+    Args:
+        stats: the manifest's ``stats``.
+        decoded: per shard, what the shard checks decoded (None for a shard they could not decode, left to them).
+        complete: every shard's bytes were read (the statistics are compared only then).
     """
     col.ran.add("alignment")
-    add = lambda msg, **where: col.add("alignment", msg, **where)  # noqa: E731
-    capacity = cfg["capacity"]
-    multiple = fmt.pad_to_multiple_of(manifest)
-    if multiple is not None and (not _is_int(multiple, 1) or capacity % multiple):
-        add(f"config.{fmt.CONFIG_PAD_TO_MULTIPLE_OF} is {multiple!r}, not a positive integer that divides the "
-            f"capacity {capacity:,}")
+    if cfg.pad_problem is not None:  # found by the manifest's schema (format.manifest_field_problems)
+        col.add("alignment", cfg.pad_problem)
         return
+    capacity, multiple = cfg.capacity, cfg.pad_to_multiple_of
     padded_total = real_total = packs = 0
-    for info, data in zip(manifest[fmt.MANIFEST_SHARDS], present):
-        name = info["file"]
-        if data is None:
+    for dec in decoded:
+        if dec is None:
             continue
-        try:
-            table = pa.ipc.open_stream(data).read_all()
-        except (pa.ArrowException, OSError):
-            continue  # reported by the schema check
-        if not any(table.schema.equals(s) for s in (fmt.SCHEMA, fmt.LEGACY_SCHEMA, fmt.ALIGNED_SCHEMA)):
-            continue  # reported by the schema check (its names may not even decode)
-        has = fmt.CU_SEQLENS_PADDED in table.schema.names
-        if has != (multiple is not None):  # the rest of the schema is the schema check's (a legacy one included)
-            add(f"has a {fmt.CU_SEQLENS_PADDED} column, but the config has no {fmt.CONFIG_PAD_TO_MULTIPLE_OF}" if has
-                else f"has no {fmt.CU_SEQLENS_PADDED} column, but the config says {fmt.CONFIG_PAD_TO_MULTIPLE_OF} "
-                f"{multiple}", shard=name)
-            continue
-        if multiple is None:
-            continue
-        if table.column(fmt.CU_SEQLENS_PADDED).null_count:
-            add(f"column {fmt.CU_SEQLENS_PADDED!r} holds nulls", shard=name)
-            continue
-        try:
-            cu_off, cu = _flat(table, fmt.CU_SEQLENS)
-            pad_off, pad = _flat(table, fmt.CU_SEQLENS_PADDED)
-        except fmt.ShardLayoutError as e:  # read here without the schema check's full validation
-            add(f"its lists are damaged: {e.what}", shard=name)
-            continue
-        rows = cu_off.shape[0] - 1
-        base = packs
-        packs += rows
-        at = lambda p: {"shard": name, "pack": base + int(p)}  # noqa: E731
-        differ = np.diff(pad_off) != np.diff(cu_off)
-        col.many("alignment", np.flatnonzero(differ), lambda p: (
-            f"{int(pad_off[p + 1] - pad_off[p])} {fmt.CU_SEQLENS_PADDED} entries for {int(cu_off[p + 1] - cu_off[p])} "
-            f"{fmt.CU_SEQLENS} entries", at(p)))
-        if differ.any():
-            continue
-        cu64, pad64 = cu.astype(np.int64), pad.astype(np.int64)
-        firsts = cu_off[:-1][np.diff(cu_off) > 0]
-        # per entry step within its pack (the step across two packs' lists is not a sequence)
-        real = np.diff(cu64)
-        span = np.diff(pad64)
-        inside = np.ones(real.shape[0], dtype=bool)
-        inside[(cu_off[1:-1] - 1)[(cu_off[1:-1] - 1) < real.shape[0]]] = False
-        want_span = (real + multiple - 1) // multiple * multiple
-        bad_first = np.flatnonzero(pad64[firsts] != 0)
-        col.many("alignment", bad_first, lambda j: (
-            f"{fmt.CU_SEQLENS_PADDED} starts at {int(pad64[firsts[j]])}, not 0",
-            at(np.searchsorted(cu_off, firsts[j], side="right") - 1)))
-        bad = np.flatnonzero(inside & (span != want_span))
-        col.many("alignment", bad, lambda e: (
-            f"sequence {int(e - cu_off[np.searchsorted(cu_off, e, side='right') - 1])} of the pack has "
-            f"{int(real[e]):,} tokens and a padded span of {int(span[e]):,}, not {int(want_span[e]):,} (its length "
-            f"rounded up to a multiple of {multiple})", at(np.searchsorted(cu_off, e, side="right") - 1)))
-        lasts = pad64[cu_off[1:][np.diff(cu_off) > 0] - 1]
-        over = np.flatnonzero(lasts > capacity)
-        col.many("alignment", over, lambda p: (
-            f"the padded pack has {int(lasts[p]):,} tokens, more than the capacity {capacity:,}", at(p)))
-        padded_total += int(lasts.sum())
-        real_total += int(cu64[cu_off[1:][np.diff(cu_off) > 0] - 1].sum())
+        spans = _check_padded_spans(dec, multiple, capacity, packs, col)
+        if spans is not None:
+            packs += spans[0]
+            padded_total += spans[1]
+            real_total += spans[2]
     if multiple is None:
         col.detail["alignment"] = f"not aligned (no --pad-to-multiple-of): no shard has {fmt.CU_SEQLENS_PADDED}"
         return
-    stats = manifest[fmt.MANIFEST_STATS]
-    if isinstance(stats, dict) and all(present) and col.counts["alignment"] == 0:
+    if isinstance(stats, dict) and complete and col.counts["alignment"] == 0:
         want_stats = {"pad_to_multiple_of": multiple, "tokens_out_padded": padded_total,
                       "alignment_padding_tokens": padded_total - real_total}
         for key, have in want_stats.items():
             if stats.get(key) != have or isinstance(stats.get(key), bool):
-                add(f"the shards give {key.replace('_', ' ')} = {have:,}, the manifest's stats say {stats.get(key)!r}")
+                col.add("alignment", f"the shards give {key.replace('_', ' ')} = {have:,}, the manifest's stats say "
+                        f"{stats.get(key)!r}")
     col.detail["alignment"] = (f"{packs:,} packs aligned to multiples of {multiple}: {padded_total - real_total:,} "
                                f"alignment padding tokens, every padded pack within {capacity:,}")
+
+
+def _check_padded_spans(dec: DecodedShard, multiple: int | None, capacity: int, base: int, col: _Collector
+                        ) -> tuple[int, int, int] | None:
+    """One shard's ``cu_seqlens_padded``: present exactly when the config has N, as many entries as ``cu_seqlens``,
+    0 first, each span its sequence's length rounded up to a multiple of N, every padded pack within the capacity
+    (vectorised).
+
+    Args:
+        base: global index of the shard's first pack, counted over the shards whose spans were read.
+
+    Returns:
+        ``(packs, padded tokens, real tokens)`` of the shard (tokens 0 when the entry counts differ), or None when
+        it has no spans to read (unaligned, or the column is missing, unexpected, null or damaged).
+    """
+    name, table = dec.name, dec.table
+    add = lambda msg, **where: col.add("alignment", msg, shard=name, **where)  # noqa: E731
+    has = fmt.CU_SEQLENS_PADDED in table.schema.names
+    if has != (multiple is not None):  # the rest of the schema is the schema check's (a legacy one included)
+        add(f"has a {fmt.CU_SEQLENS_PADDED} column, but the config has no {fmt.CONFIG_PAD_TO_MULTIPLE_OF}" if has
+            else f"has no {fmt.CU_SEQLENS_PADDED} column, but the config says {fmt.CONFIG_PAD_TO_MULTIPLE_OF} "
+            f"{multiple}")
+        return None
+    if multiple is None:
+        return None
+    if table.column(fmt.CU_SEQLENS_PADDED).null_count:
+        add(f"column {fmt.CU_SEQLENS_PADDED!r} holds nulls")
+        return None
+    try:
+        cu_off, cu = _flat(table, fmt.CU_SEQLENS)
+        pad_off, pad = _flat(table, fmt.CU_SEQLENS_PADDED)
+    except fmt.ShardLayoutError as e:  # read here without the schema check's full validation
+        add(f"its lists are damaged: {e.what}")
+        return None
+    rows = cu_off.shape[0] - 1
+    at = lambda p: {"shard": name, "pack": base + int(p)}  # noqa: E731
+    differ = np.diff(pad_off) != np.diff(cu_off)
+    col.many("alignment", np.flatnonzero(differ), lambda p: (
+        f"{int(pad_off[p + 1] - pad_off[p])} {fmt.CU_SEQLENS_PADDED} entries for {int(cu_off[p + 1] - cu_off[p])} "
+        f"{fmt.CU_SEQLENS} entries", at(p)))
+    if differ.any():
+        return rows, 0, 0
+    cu64, pad64 = cu.astype(np.int64), pad.astype(np.int64)
+    firsts = cu_off[:-1][np.diff(cu_off) > 0]
+    # per entry step within its pack (the step across two packs' lists is not a sequence)
+    real = np.diff(cu64)
+    span = np.diff(pad64)
+    inside = np.ones(real.shape[0], dtype=bool)
+    inside[(cu_off[1:-1] - 1)[(cu_off[1:-1] - 1) < real.shape[0]]] = False
+    want_span = (real + multiple - 1) // multiple * multiple
+    bad_first = np.flatnonzero(pad64[firsts] != 0)
+    col.many("alignment", bad_first, lambda j: (
+        f"{fmt.CU_SEQLENS_PADDED} starts at {int(pad64[firsts[j]])}, not 0",
+        at(np.searchsorted(cu_off, firsts[j], side="right") - 1)))
+    bad = np.flatnonzero(inside & (span != want_span))
+    col.many("alignment", bad, lambda e: (
+        f"sequence {int(e - cu_off[np.searchsorted(cu_off, e, side='right') - 1])} of the pack has "
+        f"{int(real[e]):,} tokens and a padded span of {int(span[e]):,}, not {int(want_span[e]):,} (its length "
+        f"rounded up to a multiple of {multiple})", at(np.searchsorted(cu_off, e, side="right") - 1)))
+    lasts = pad64[cu_off[1:][np.diff(cu_off) > 0] - 1]
+    over = np.flatnonzero(lasts > capacity)
+    col.many("alignment", over, lambda p: (
+        f"the padded pack has {int(lasts[p]):,} tokens, more than the capacity {capacity:,}", at(p)))
+    return rows, int(lasts.sum()), int(cu64[cu_off[1:][np.diff(cu_off) > 0] - 1].sum())
