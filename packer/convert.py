@@ -307,17 +307,9 @@ def _datasets_input(inputs, split: str | None, staging: str, input_ids: str):
 
 
 def pack_dataset(
-    inputs,
-    output: str | os.PathLike,
-    *,
-    config: PackConfig = PackConfig(),
-    overwrite: bool = False,
-    progress: bool = True,
-    verify: bool = False,
-    workers: int = 1,
-    engine: str = DEFAULT_ENGINE,
-    ray_address: str | None = None,
-    split: str | None = None,
+    inputs, output: str | os.PathLike, *, config: PackConfig = PackConfig(), overwrite: bool = False,
+    progress: bool = True, verify: bool = False, workers: int = 1, engine: str = DEFAULT_ENGINE,
+    ray_address: str | None = None, split: str | None = None,
 ) -> dict:
     """Pack tokenized input files into a packed folder (see :mod:`packer.format`) and return its manifest.
 
@@ -366,85 +358,85 @@ def pack_dataset(
     t_start = t = time.perf_counter()
     staging = _staging_for(output, engine)
     try:
-        inputs, split, label = _datasets_input(inputs, split, staging, config.columns.input_ids)
-        try:
-            catalog = scan_inputs(inputs, columns=config.columns, staging=staging, split=split)
-        except PackerError as e:
-            if label is None:
-                raise
-            # name the user's datasets.Dataset, not the staged copy of it the scan read
-            raise PackerError(str(e).replace(str(inputs[0]), label)) from None
-        if label is not None:  # the manifest names the dataset, not the staged copy that is removed at the end
-            catalog.files = [replace(f, name=label) for f in catalog.files]
-        config = replace(config, columns=catalog.columns)  # as decided over all files: what the manifest records
-        fingerprint = input_fingerprint(catalog)
+        scan = _scan_input(inputs, split=split, staging=staging, config=config)
         timings["open"] = time.perf_counter() - t
-        if verify and (is_uri(output) or any(is_uri(f.name) for f in catalog.files)):
-            raise PackerError("verify=True (--verify) reads the input and the output through local paths; pack "
-                              "URIs without it, or verify a local copy with 'packer verify'")
-        # a repacked folder is checked on its own: its provenance points at rows of an input it was not read from
-        verify_inputs = (None if catalog.origin is not None else catalog if label is not None
-                         else [f.name for f in catalog.files])
-        if not overwrite:
-            done = _already_packed(output, config, fingerprint)
-            if done is not None:
-                if verify:
-                    _verify_or_raise(output, verify_inputs, published=True)
-                return done
+        verify_inputs = _verify_inputs(output, scan, verify=verify)
+        if not overwrite and (done := _already_packed(output, scan.config, scan.fingerprint)) is not None:
+            if verify:
+                _verify_or_raise(output, verify_inputs, published=True)
+            return done
         t = time.perf_counter()
-        segments, plan, plan_info = _checked_plan(catalog, config)
+        segments, plan, plan_info = _checked_plan(scan.catalog, scan.config)
         timings["plan"] = time.perf_counter() - t
-
         t = time.perf_counter()
-        n_shards = math.ceil(plan.n_packs / config.shard_size)
-        label_tokens = untrainable = untrainable_tokens = 0
-        phase = {"gather": 0.0, "write": 0.0}
+        n_shards = math.ceil(plan.n_packs / scan.config.shard_size)
         with PackedWriter(output, n_shards=n_shards, overwrite=overwrite) as writer, _progress(plan.tokens, progress) as bar:
-            def on_result(r: ShardResult) -> None:
-                nonlocal label_tokens, untrainable, untrainable_tokens
-                writer.add_shard(r.index, r.info)
-                label_tokens += r.label_tokens
-                untrainable += r.untrainable_sequences
-                untrainable_tokens += r.untrainable_tokens
-                phase["gather"] += r.gather_s
-                phase["write"] += r.write_s
-                bar.update(r.tokens)
-
-            jobs = iter_jobs(catalog, segments, plan, shard_size=config.shard_size, dest=str(writer.tmp),
-                             pad_to_multiple_of=config.pad_to_multiple_of)
-            slots = run_jobs(jobs, on_result, engine=engine, workers=workers, ray_address=ray_address)
+            totals = _write_shards(writer, bar, scan, segments, plan, engine=engine, workers=workers,
+                                   ray_address=ray_address)
             timings["write"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t_start
-            counts = LabelCounts(label_tokens, untrainable, untrainable_tokens)
-            _check_loss(segments, config, counts, final=True)
-            stats = compute_stats(catalog.lengths, segments, plan, label_tokens=label_tokens,
-                                  untrainable=(untrainable, untrainable_tokens))
-            stats.update(plan_info)
-            if config.pad_to_multiple_of is not None:
-                stats.update(alignment_stats(segments, plan, config.pad_to_multiple_of))
-            manifest = {
-                fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,
-                fmt.MANIFEST_VERSION: fmt.FORMAT_VERSION,
-                "packer_version": __version__,
-                fmt.MANIFEST_CONFIG: config.to_json(),
-                fmt.MANIFEST_INPUT: _input_entry(catalog, segments, fingerprint, label),
-                fmt.MANIFEST_STATS: stats,
-                fmt.MANIFEST_RUN: {
-                    "seconds": {k: round(v, 4) for k, v in timings.items()},
-                    # summed over workers: which phase the shard jobs spend their time in
-                    "job_seconds": {k: round(v, 4) for k, v in phase.items()},
-                    "engine": engine,
-                    "workers": slots,
-                    "tokens_per_second": round(plan.tokens / timings["total"], 1),
-                    "output_bytes": sum(s.bytes for s in writer.shards),
-                },
-            }
+            stats = _checked_stats(scan, segments, plan, plan_info, totals)
+            manifest = _manifest(scan, segments, stats, timings=timings, totals=totals, tokens=plan.tokens,
+                                 engine=engine, output_bytes=sum(s.bytes for s in writer.shards))
+            # seal the manifest and give the folder its name; a failed verification (verify=True) leaves no output
             manifest = writer.finish(
                 manifest, before_publish=(lambda tmp: _verify_or_raise(tmp, verify_inputs)) if verify else None)
     finally:
         _remove(staging)
     log.info("%s", summary_line(manifest))
     return manifest
+
+
+@dataclass(frozen=True)
+class _ScannedInput:
+    """The input as this run reads it.
+
+    Attributes:
+        catalog: the scan (lengths, files, columns; local copies of remote or Parquet inputs in the staging folder).
+        config: the caller's config with the columns as decided over all files (what the manifest records).
+        label: how the manifest names a ``datasets.Dataset`` input (not its staged copy); None for paths.
+        fingerprint: :func:`packer.reader.input_fingerprint` of the catalog.
+    """
+
+    catalog: TokenizedInput
+    config: PackConfig
+    label: str | None
+    fingerprint: str
+
+
+def _scan_input(inputs, *, split: str | None, staging: str, config: PackConfig) -> _ScannedInput:
+    """Scan the input (a ``datasets.Dataset`` is first written to ``staging``): no token is read, only lengths.
+
+    Raises:
+        PackerError: an input packer cannot read; an error about a staged ``datasets.Dataset`` names the dataset.
+    """
+    inputs, split, label = _datasets_input(inputs, split, staging, config.columns.input_ids)
+    try:
+        catalog = scan_inputs(inputs, columns=config.columns, staging=staging, split=split)
+    except PackerError as e:
+        if label is None:
+            raise
+        # name the user's datasets.Dataset, not the staged copy of it the scan read
+        raise PackerError(str(e).replace(str(inputs[0]), label)) from None
+    if label is not None:  # the manifest names the dataset, not the staged copy that is removed at the end
+        catalog.files = [replace(f, name=label) for f in catalog.files]
+    config = replace(config, columns=catalog.columns)  # as decided over all files: what the manifest records
+    return _ScannedInput(catalog, config, label, input_fingerprint(catalog))
+
+
+def _verify_inputs(output: str, scan: _ScannedInput, *, verify: bool) -> TokenizedInput | list[str] | None:
+    """What ``verify=True`` checks the output against: the input files, the staged ``datasets.Dataset``, or None
+    for a repacked folder (checked on its own: its provenance points at rows of an input it was not read from).
+
+    Raises:
+        PackerError: ``verify`` with a URI input or output (verify reads local paths).
+    """
+    catalog = scan.catalog
+    if verify and (is_uri(output) or any(is_uri(f.name) for f in catalog.files)):
+        raise PackerError("verify=True (--verify) reads the input and the output through local paths; pack "
+                          "URIs without it, or verify a local copy with 'packer verify'")
+    return (None if catalog.origin is not None else catalog if scan.label is not None
+            else [f.name for f in catalog.files])
 
 
 def _checked_plan(catalog: TokenizedInput, config: PackConfig):
@@ -462,6 +454,81 @@ def _checked_plan(catalog: TokenizedInput, config: PackConfig):
         raise PackerError(f"shard_size (--shard-size) {config.shard_size:,} puts {int(shard_tokens.max()):,} "
                           "tokens in one shard, more than int32 list offsets hold (2**31 - 1); pass a smaller one")
     return segments, plan, plan_info
+
+
+@dataclass
+class _ShardTotals:
+    """The shard jobs' results, summed: label counts, seconds each phase took (over all workers), workers used."""
+
+    label_tokens: int = 0
+    untrainable_sequences: int = 0
+    untrainable_tokens: int = 0
+    gather_s: float = 0.0
+    write_s: float = 0.0
+    workers: int = 0
+
+    def add(self, r: ShardResult) -> None:
+        self.label_tokens += r.label_tokens
+        self.untrainable_sequences += r.untrainable_sequences
+        self.untrainable_tokens += r.untrainable_tokens
+        self.gather_s += r.gather_s
+        self.write_s += r.write_s
+
+    @property
+    def counts(self) -> LabelCounts:
+        return LabelCounts(self.label_tokens, self.untrainable_sequences, self.untrainable_tokens)
+
+
+def _write_shards(writer: PackedWriter, bar, scan: _ScannedInput, segments: Segments, plan, *, engine: str,
+                  workers: int, ray_address: str | None) -> _ShardTotals:
+    """Gather and write every shard into ``writer``'s temporary folder (``engine``, ``workers``), each added to the
+    writer as it lands and counted on ``bar`` in tokens; returns the jobs' totals."""
+    totals = _ShardTotals()
+
+    def on_result(r: ShardResult) -> None:
+        writer.add_shard(r.index, r.info)
+        totals.add(r)
+        bar.update(r.tokens)
+
+    jobs = iter_jobs(scan.catalog, segments, plan, shard_size=scan.config.shard_size, dest=str(writer.tmp),
+                     pad_to_multiple_of=scan.config.pad_to_multiple_of)
+    totals.workers = run_jobs(jobs, on_result, engine=engine, workers=workers, ray_address=ray_address)
+    return totals
+
+
+def _checked_stats(scan: _ScannedInput, segments: Segments, plan, plan_info: dict, totals: _ShardTotals) -> dict:
+    """The manifest's statistics, once every shard's labels are counted; the run's loss (the sequences with no
+    trained token now included) is warned about, or refused by ``config.max_loss`` before the output is named."""
+    config = scan.config
+    _check_loss(segments, config, totals.counts, final=True)
+    stats = compute_stats(scan.catalog.lengths, segments, plan, label_tokens=totals.label_tokens,
+                          untrainable=(totals.untrainable_sequences, totals.untrainable_tokens))
+    stats.update(plan_info)
+    if config.pad_to_multiple_of is not None:
+        stats.update(alignment_stats(segments, plan, config.pad_to_multiple_of))
+    return stats
+
+
+def _manifest(scan: _ScannedInput, segments: Segments, stats: dict, *, timings: dict, totals: _ShardTotals,
+              tokens: int, engine: str, output_bytes: int) -> dict:
+    """The manifest to seal: format, version, config, input, statistics and the run's timings (seconds)."""
+    return {
+        fmt.MANIFEST_FORMAT: fmt.FORMAT_NAME,
+        fmt.MANIFEST_VERSION: fmt.FORMAT_VERSION,
+        "packer_version": __version__,
+        fmt.MANIFEST_CONFIG: scan.config.to_json(),
+        fmt.MANIFEST_INPUT: _input_entry(scan.catalog, segments, scan.fingerprint, scan.label),
+        fmt.MANIFEST_STATS: stats,
+        fmt.MANIFEST_RUN: {
+            "seconds": {k: round(v, 4) for k, v in timings.items()},
+            # summed over workers: which phase the shard jobs spend their time in
+            "job_seconds": {"gather": round(totals.gather_s, 4), "write": round(totals.write_s, 4)},
+            "engine": engine,
+            "workers": totals.workers,
+            "tokens_per_second": round(tokens / timings["total"], 1),
+            "output_bytes": output_bytes,
+        },
+    }
 
 
 def _input_entry(catalog: TokenizedInput, segments, fingerprint: str, label: str | None) -> dict:

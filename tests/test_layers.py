@@ -97,11 +97,26 @@ def test_lower_layers_never_import_upper_ones():
     graph = import_graph()
     lower = {"packer.kernels", "packer.plan", "packer.format", "packer.reader", "packer.writer", "packer.shards",
              "packer.packed_reader", "packer.stats", "packer.schedule", "packer.errors"}
-    upper = {"packer.convert", "packer.jobs", "packer.engines", "packer.report", "packer.report_render",
-             "packer.plot"} | {m for m in graph if m.startswith(("packer.torch", "packer.cli", "packer.verify"))}
+    upper = {"packer.convert", "packer.jobs", "packer.engines", "packer.plot"} | {
+        m for m in graph if m.startswith(("packer.torch", "packer.cli", "packer.verify", "packer.report"))}
     for m in lower:
         assert not graph[m] & upper, (m, graph[m] & upper)
     # only the torch layer itself imports the torch layer
     for m, deps in graph.items():
         if not m.startswith("packer.torch"):
             assert not any(d.startswith("packer.torch") for d in deps), m
+
+
+REPORT_LAYERS = ["packer.report.training", "packer.report.padding", "packer.report.model", "packer.report.sources"]
+
+
+def test_report_modules_import_one_way():
+    """training <- padding <- model <- sources; render reads the model only; the package imports them all."""
+    graph = import_graph()
+    report = {m for m in graph if m.startswith("packer.report.")}
+    assert report == {*REPORT_LAYERS, "packer.report.render"}, report
+    for i, m in enumerate(REPORT_LAYERS):
+        assert graph[m] & report <= set(REPORT_LAYERS[:i]), (m, graph[m] & report)
+        assert "packer.report" not in graph[m], m
+    assert graph["packer.report.render"] & (report | {"packer.report"}) <= {"packer.report.model"}
+    assert report <= graph["packer.report"]

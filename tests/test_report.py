@@ -33,9 +33,12 @@ from packer.report import (
     report_from_input,
     report_from_lengths,
     report_from_packed,
+    render_config,
+    render_json,
+    render_markdown,
+    render_packer_settings,
     simulate_padding,
 )
-from packer.report_render import render_config, render_json, render_markdown, render_packer_settings
 from packer.schedule import epoch_schedule, run_counts
 from data_samples.synthetic import REFERENCE_ROWS, reference_like_lengths
 

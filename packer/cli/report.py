@@ -34,8 +34,10 @@ from packer.report import (
     parse_count,
     report_from_input,
     report_from_packed,
+    render_config,
+    render_json,
+    render_markdown,
 )
-from packer.report_render import render_config, render_json, render_markdown
 
 log = logging.getLogger(__name__)
 

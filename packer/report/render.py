@@ -1,6 +1,6 @@
 """Rendering of a :class:`packer.report.Report`: Markdown, JSON and the configuration blocks users paste.
 
-Pure functions of the report's plain data; nothing here computes a figure (that is :mod:`packer.report`).
+Pure functions of the report's plain data; nothing here computes a figure (that is :mod:`packer.report.model`).
 
 * :func:`render_markdown`: the reference's sections and rows, then warnings, takeaways, the cost model and the
   recommendation with its blocks.
@@ -178,7 +178,8 @@ def _takeaways(report) -> list[str]:
         f"3. **Dynamics**: a different notion of \"step\": packing processes {pack['samples_per_pack']:.1f}× more "
         f"samples per optimizer step ({pack['samples_per_step']:,.0f} vs {pad['samples_per_step']:,})",
         f"4. **Equivalence**: {seen} vs {pad['total_samples_seen']:,} sequences seen over "
-        f"{_epochs_text(pad['num_train_epochs'])} epoch{'' if pad['num_train_epochs'] == 1 else 's'} ({pack['data_loss']:.2%} of the rows lost to the "
+        f"{_epochs_text(pad['num_train_epochs'])} epoch{'' if pad['num_train_epochs'] == 1 else 's'} "
+        f"({pack['data_loss']:.2%} of the rows lost to the "
         f"overflow policy), in {steps_x:.1f}× fewer optimizer steps "
         f"({pack['total_optimizer_steps']:,} vs {pad['loop_total_optimizer_steps']:,} as an epoch loop counts them)",
         f"5. **Memory**: a packing micro-batch holds {pack['peak_micro_batch_slots']:,} token slots every step; "
