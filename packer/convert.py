@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from packer import __version__
 from packer import format as fmt
-from packer.errors import PackerError
+from packer.errors import ConfigError, PackerError
 from packer.plan import (
     DEFAULT_FILLER,
     DEFAULT_OVERFLOW,
@@ -32,9 +32,8 @@ from packer.plan import (
 )
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
 from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, iter_jobs, make_plan
-from packer.reader import (
+from packer.input import (
     Columns,
-    ConfigError,
     TokenizedInput,
     filesystem,
     input_fingerprint,

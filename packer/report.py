@@ -987,7 +987,7 @@ def report_from_input(
 
     Lengths come from the Arrow list offsets; no token is read.
     """
-    from packer.reader import Columns, scan_inputs
+    from packer.input import Columns, scan_inputs
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

@@ -95,8 +95,8 @@ def test_the_cycle_finder_finds_cycles():
 
 def test_lower_layers_never_import_upper_ones():
     graph = import_graph()
-    lower = {"packer.kernels", "packer.plan", "packer.format", "packer.reader", "packer.writer", "packer.shards",
-             "packer.packed_reader", "packer.stats", "packer.schedule", "packer.errors"}
+    lower = {"packer.kernels", "packer.plan", "packer.format", "packer.writer", "packer.shards",
+             "packer.packed_reader", "packer.stats", "packer.schedule", "packer.errors"} | set(INPUT_LAYER)
     upper = {"packer.convert", "packer.jobs", "packer.engines", "packer.report", "packer.report_render",
              "packer.plot"} | {m for m in graph if m.startswith(("packer.torch", "packer.cli", "packer.verify"))}
     for m in lower:
@@ -105,3 +105,15 @@ def test_lower_layers_never_import_upper_ones():
     for m, deps in graph.items():
         if not m.startswith("packer.torch"):
             assert not any(d.startswith("packer.torch") for d in deps), m
+
+
+INPUT_LAYER = ["packer.input.paths", "packer.input.sources", "packer.input.columns", "packer.input.tokenized",
+               "packer.input.packed", "packer.input.scan", "packer.input"]
+"""The input layer's modules, each importing only those before it (the package re-exports them all)."""
+
+
+def test_the_input_layer_imports_one_way():
+    graph = import_graph()
+    assert {m for m in graph if m == "packer.input" or m.startswith("packer.input.")} == set(INPUT_LAYER)
+    for i, m in enumerate(INPUT_LAYER):
+        assert not graph[m] & set(INPUT_LAYER[i:]), (m, graph[m] & set(INPUT_LAYER[i:]))

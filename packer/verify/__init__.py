@@ -33,7 +33,7 @@ import numpy as np
 
 from packer import format as fmt
 from packer.errors import PackerError
-from packer.reader import TokenizedInput, open_input, resolve_paths
+from packer.input import TokenizedInput, open_input, resolve_paths
 from packer.verify.against_input import _check_coverage, _check_input, _compare_tokens, _match
 from packer.verify.manifest import _check_files, _check_manifest, _check_manifest_checksum
 from packer.verify.records import (

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from packer import format as fmt
-from packer.reader import TokenizedInput, input_fingerprint
+from packer.input import TokenizedInput, input_fingerprint
 from packer.verify.records import _BLOCK_TOKENS, _Collector
 from packer.verify.shards import _Shard
 
