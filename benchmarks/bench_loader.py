@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 def build_data(rows: int) -> Path:
     """Pack ``rows`` reference-like rows once into benchmarks/_data/ (an Arrow file: no ``datasets`` needed)."""
     from packer.convert import PackConfig, pack_dataset
-    from packer.reader import Columns
+    from packer.input import Columns
     from data_samples.synthetic import reference_like_lengths, reference_like_table
 
     root = HERE / "_data"

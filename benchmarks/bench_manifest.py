@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from packer import format as fmt  # noqa: E402
 from packer.convert import PackConfig, pack_dataset  # noqa: E402
-from packer.reader import Columns, has_column  # noqa: E402
+from packer.input import Columns, has_column  # noqa: E402
 
 from _common import median_time  # noqa: E402
 

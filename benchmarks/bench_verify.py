@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from packer.convert import PackConfig, pack_dataset  # noqa: E402
-from packer.reader import Columns, has_column, open_input  # noqa: E402
+from packer.input import Columns, has_column, open_input  # noqa: E402
 from packer.verify import verify_packed  # noqa: E402
 
 from _common import median_time  # noqa: E402

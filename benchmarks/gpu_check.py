@@ -82,7 +82,7 @@ def packed_folder(args, tmp: Path) -> Path:
     if args.data:
         return Path(args.data)
     from packer.convert import PackConfig, pack_dataset
-    from packer.reader import Columns
+    from packer.input import Columns
 
     out = tmp / "packed"
     pack_dataset(SAMPLES, out, config=PackConfig(capacity=args.capacity, columns=Columns(labels="labels")),

@@ -1,7 +1,7 @@
 """packer: offline sequence packing for LLM training.
 
 Layers (lower never imports upper): :mod:`packer.kernels` (numba) < :mod:`packer.plan` < :mod:`packer.format`,
-:mod:`packer.reader`, :mod:`packer.writer` (pyarrow I/O) < :mod:`packer.convert` < :mod:`packer.cli`.
+:mod:`packer.input`, :mod:`packer.writer` (pyarrow I/O) < :mod:`packer.convert` < :mod:`packer.cli`.
 The torch layer, :mod:`packer.torch`, is imported only on demand: ``import packer`` does not import torch.
 
 The public API is importable from here (``from packer import pack_dataset, PackConfig``). Names from the I/O
@@ -18,7 +18,7 @@ from packer.plan import PackPlan, make_segments, plan_packs
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Columns": "packer.reader",
+    "Columns": "packer.input",
     "PackConfig": "packer.convert",
     "pack_dataset": "packer.convert",
     "verify_packed": "packer.verify",

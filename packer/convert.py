@@ -1,6 +1,6 @@
 """Tokenized shards in, packed shards out: the converter behind ``packer pack``.
 
-Phases (each timed): scan the inputs (:mod:`packer.reader`: lengths from the list offsets, Parquet staged as Arrow),
+Phases (each timed): scan the inputs (:mod:`packer.input`: lengths from the list offsets, Parquet staged as Arrow),
 apply the overflow policy and plan the packs (a numba kernel; one global plan or one per group of input files,
 :mod:`packer.jobs`), then run one shard job per output shard (:mod:`packer.engines`: in this process, in worker
 processes or as Ray tasks), each gathering its tokens from memory-mapped inputs and writing its shard. Memory holds
@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from packer import __version__
 from packer import format as fmt
-from packer.errors import PackerError
+from packer.errors import ConfigError, PackerError
 from packer.plan import (
     DEFAULT_FILLER,
     DEFAULT_OVERFLOW,
@@ -35,9 +35,8 @@ from packer.plan import (
 )
 from packer.engines import DEFAULT_ENGINE, check_engine, import_ray, run_jobs
 from packer.jobs import DEFAULT_PLAN, PLANS, ShardResult, iter_jobs, make_plan
-from packer.reader import (
+from packer.input import (
     Columns,
-    ConfigError,
     TokenizedInput,
     filesystem,
     input_fingerprint,
@@ -117,7 +116,7 @@ class PackConfig:
         if not whole("shard_size", 1):
             bad("shard_size", "shard size must be a positive number of packs")
         if not isinstance(self.columns, Columns):
-            bad("columns", "must be a packer.reader.Columns")
+            bad("columns", "must be a packer.input.Columns")
         if self.plan not in PLANS:
             bad("plan", f"unknown plan; choose one of {', '.join(PLANS)}")
         if not whole("group_size", 1):
@@ -317,7 +316,7 @@ def pack_dataset(
     whatever the number of tokens; see ``docs/scale.md``.
 
     Args:
-        inputs: a path or a list of paths (files, folders, globs; see :mod:`packer.reader`), URIs that
+        inputs: a path or a list of paths (files, folders, globs; see :mod:`packer.input`), URIs that
             :mod:`pyarrow.fs` supports (``s3://bucket/prefix``), or a ``datasets.Dataset`` (its rows are written
             to the staging folder first) or ``datasets.DatasetDict`` (with ``split``).
         output: the packed folder to create (a path, or a URI).
@@ -333,7 +332,7 @@ def pack_dataset(
         split: the split to pack of a ``DatasetDict`` or of a folder that holds several datasets (``--split``);
             such inputs are refused without it.
 
-    The columns are decided once over all input files (:func:`packer.reader.resolve_columns`): by default the
+    The columns are decided once over all input files (:func:`packer.input.resolve_columns`): by default the
     ``labels`` (or ``loss_mask``) column if every file has one, as ``packer pack`` does; the manifest's config
     records the columns used. A run that loses more than :data:`LOSS_WARNING` of its tokens or sequences logs a
     warning; ``config.max_loss`` makes that an error (raised before the output takes its name).
@@ -395,7 +394,7 @@ class _ScannedInput:
         catalog: the scan (lengths, files, columns; local copies of remote or Parquet inputs in the staging folder).
         config: the caller's config with the columns as decided over all files (what the manifest records).
         label: how the manifest names a ``datasets.Dataset`` input (not its staged copy); None for paths.
-        fingerprint: :func:`packer.reader.input_fingerprint` of the catalog.
+        fingerprint: :func:`packer.input.input_fingerprint` of the catalog.
     """
 
     catalog: TokenizedInput

@@ -1,7 +1,7 @@
 """The packed-folder format: the one module that defines it.
 
-Both the writer (:mod:`packer.writer`) and every reader (:mod:`packer.reader`, the torch layer, ``verify``)
-import the names below; nobody re-types a column name, dtype or file name.
+Both the writer (:mod:`packer.writer`) and every reader (:mod:`packer.packed_reader`, the torch layer, ``verify``,
+:mod:`packer.input.packed`) import the names below; nobody re-types a column name, dtype or file name.
 
 A packed folder looks like this::
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from packer import format as fmt
 from packer.plan import PackPlan, Segments, make_segments, plan_packs
-from packer.reader import BatchChunks, Columns, InputFile, TokenizedInput
+from packer.input import BatchChunks, Columns, InputFile, TokenizedInput
 from packer.shards import Gatherer, LabelCounts, ShardBuffers, build_shard
 from packer.writer import ShardInfo, write_shard
 

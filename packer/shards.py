@@ -14,7 +14,7 @@ from packer import format as fmt
 from packer import kernels
 from packer.errors import PackerError
 from packer.plan import padded_lengths
-from packer.reader import TokenizedInput
+from packer.input import TokenizedInput
 from packer.writer import shard_table
 
 INT32_MAX = 2**31 - 1

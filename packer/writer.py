@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 
 from packer import format as fmt
 from packer.errors import PackerError
-from packer.reader import filesystem, is_uri
+from packer.input import filesystem, is_uri
 
 log = logging.getLogger(__name__)
 

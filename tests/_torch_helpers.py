@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer.convert import PackConfig, pack_dataset
-from packer.reader import Columns
+from packer.input import Columns
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE = -100

@@ -17,7 +17,7 @@ from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
 from packer.errors import PackerError
 from packer.plan import plan_packs
-from packer.reader import Columns
+from packer.input import Columns
 from packer.torch import (
     PACKED_SEQ_PARAMS_KEYS,
     ContextParallelCollator,

@@ -11,7 +11,7 @@ import xxhash
 from packer import PackerError
 from packer import format as fmt
 from packer.convert import PackConfig, pack_dataset
-from packer.reader import Columns
+from packer.input import Columns
 from tests._invariants import check_packed, read_packed
 from tests.conftest import readable_table, write_arrow_file, write_arrow_stream, write_parquet
 

@@ -17,7 +17,7 @@ from packer import format as fmt
 from packer import writer as writer_mod
 from packer.convert import PackConfig, pack_dataset
 from packer.errors import PackerError
-from packer.reader import Columns
+from packer.input import Columns
 from data_samples.synthetic import reference_like_lengths, reference_like_table
 from packer.verify import verify_packed
 from packer.writer import PackedWriter

@@ -17,7 +17,8 @@ from packer import PackerError
 from packer import format as fmt
 from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
-from packer.reader import DETECT, Columns, ConfigError, scan_inputs
+from packer.errors import ConfigError
+from packer.input import DETECT, Columns, scan_inputs
 from tests._invariants import check_packed, read_packed
 from tests.conftest import readable_table, write_arrow_file, write_arrow_stream, write_parquet
 

@@ -95,8 +95,8 @@ def test_the_cycle_finder_finds_cycles():
 
 def test_lower_layers_never_import_upper_ones():
     graph = import_graph()
-    lower = {"packer.kernels", "packer.plan", "packer.format", "packer.reader", "packer.writer", "packer.shards",
-             "packer.packed_reader", "packer.stats", "packer.schedule", "packer.errors"}
+    lower = {"packer.kernels", "packer.plan", "packer.format", "packer.writer", "packer.shards",
+             "packer.packed_reader", "packer.stats", "packer.schedule", "packer.errors"} | set(INPUT_LAYER)
     upper = {"packer.convert", "packer.jobs", "packer.engines", "packer.plot"} | {
         m for m in graph if m.startswith(("packer.torch", "packer.cli", "packer.verify", "packer.report"))}
     for m in lower:
@@ -120,3 +120,15 @@ def test_report_modules_import_one_way():
         assert "packer.report" not in graph[m], m
     assert graph["packer.report.render"] & (report | {"packer.report"}) <= {"packer.report.model"}
     assert report <= graph["packer.report"]
+
+
+INPUT_LAYER = ["packer.input.paths", "packer.input.sources", "packer.input.columns", "packer.input.tokenized",
+               "packer.input.packed", "packer.input.scan", "packer.input"]
+"""The input layer's modules, each importing only those before it (the package re-exports them all)."""
+
+
+def test_the_input_layer_imports_one_way():
+    graph = import_graph()
+    assert {m for m in graph if m == "packer.input" or m.startswith("packer.input.")} == set(INPUT_LAYER)
+    for i, m in enumerate(INPUT_LAYER):
+        assert not graph[m] & set(INPUT_LAYER[i:]), (m, graph[m] & set(INPUT_LAYER[i:]))

@@ -1,4 +1,4 @@
-"""The one input layer (packer.reader): every way of reading an input sees the same rows, and every command that
+"""The one input layer (packer.input): every way of reading an input sees the same rows, and every command that
 reads input refuses bad input with the same message."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from packer.cli import main
 from packer.errors import PackerError
-from packer.reader import Columns, open_input, scan_inputs
+from packer.input import Columns, open_input, scan_inputs
 from tests.conftest import readable_table, write_arrow_file, write_arrow_stream, write_parquet
 
 LENGTHS = [3, 0, 5, 1, 7, 2, 4, 6, 2, 3, 1]

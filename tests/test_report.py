@@ -25,7 +25,7 @@ from packer.convert import PackConfig, pack_dataset
 from packer import format as fmt
 from packer.errors import PackerError
 from packer.plan import make_segments, plan_packs
-from packer.reader import open_input
+from packer.input import open_input
 from packer.report import (
     ModelShape,
     TrainingSetup,

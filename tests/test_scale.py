@@ -13,10 +13,10 @@ import pytest
 
 from packer import PackerError
 from packer import format as fmt
-from packer import convert, kernels, reader
+from packer import convert, kernels
 from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
-from packer.reader import Columns
+from packer.input import Columns, paths, sources
 from tests._invariants import check_packed
 from tests.conftest import readable_table, write_arrow_file, write_arrow_stream, write_parquet
 
@@ -133,14 +133,16 @@ def test_grouping_costs_at_most_one_pack_per_group_on_reference_like_data(strate
 def test_uri_inputs_and_output_through_a_pyarrow_filesystem(tmp_path, four_files, monkeypatch):
     files, ids, labels = four_files
     pack_dataset(files, tmp_path / "local", config=CONFIG, progress=False)
-    real = reader.filesystem
+    real = paths.filesystem
 
     def remote(path):  # file:// URIs, read through open_input_file instead of memory maps, like an object store
         fs, inner, _ = real(path)
         return fs, inner, False
 
-    monkeypatch.setattr(reader, "filesystem", remote)
+    # the input layer's modules call paths.filesystem through the module: this one patch reaches them all
+    monkeypatch.setattr(paths, "filesystem", remote)
     uris = [f"file://{f}" for f in files]
+    assert not isinstance(sources._open_source(uris[0]), pa.MemoryMappedFile)  # the patch takes effect
     out = f"file://{tmp_path}/remote"
     m = pack_dataset(uris, out, config=CONFIG, progress=False)
     assert m["input"]["files"][0]["path"] == uris[0]
@@ -172,21 +174,23 @@ def test_remote_inputs_are_read_once(tmp_path, four_files, monkeypatch, output):
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     files, _, _ = four_files
     pack_dataset(files, tmp_path / "local", config=CONFIG, progress=False)
-    real_fs = reader.filesystem
+    real_fs = paths.filesystem
     def remote(p):  # file:// URIs read through pyarrow's filesystem API, like an object store
         fs, inner, local = real_fs(p)
         return fs, inner, local and "://" not in str(p)
 
-    monkeypatch.setattr(reader, "filesystem", remote)
+    monkeypatch.setattr(paths, "filesystem", remote)
     monkeypatch.setattr(convert, "filesystem", remote)
     opened = collections.Counter()
+    # the scan and BatchChunks open files through the module (sources._open_batches), as _open_batches opens an
+    # Arrow file through _open_source: patched here, every opening is counted
     for name in ("_open_source", "_open_batches"):
-        def counting(uri, *args, _real=getattr(reader, name), **kwargs):
+        def counting(uri, *args, _real=getattr(sources, name), **kwargs):
             if str(uri).startswith("file://"):
                 opened[uri] += 1
             return _real(uri, *args, **kwargs)
 
-        monkeypatch.setattr(reader, name, counting)
+        monkeypatch.setattr(sources, name, counting)
     uris = [f"file://{f}" for f in files]
     out = tmp_path / "out" if output == "local" else f"file://{tmp_path}/out"
     m = pack_dataset(uris, out, config=CONFIG, progress=False)

@@ -339,7 +339,7 @@ def test_row_losses_sum_split_chunks_back_to_their_rows(tmp_path):
     """``--overflow split`` cuts rows longer than the capacity into chunks in several packs; the per-row losses of
     the whole folder equal each input row's loss run alone (its chunks' token losses added up)."""
     from packer.convert import PackConfig, pack_dataset
-    from packer.reader import Columns
+    from packer.input import Columns
     from packer.torch import row_losses, token_losses
     from tests._torch_helpers import write_input
 

@@ -70,7 +70,7 @@ def test_resume_mid_epoch_continues_the_stream(small, tmp_path):
 def test_example_on_sample_data(tmp_path):
     """``make pack`` then the example: the reference-like sample at the default 20,000-token capacity."""
     from packer.convert import PackConfig, pack_dataset
-    from packer.reader import Columns
+    from packer.input import Columns
 
     out = tmp_path / "packed"
     pack_dataset(REPO / "data_samples" / "reference_like", out, progress=False,

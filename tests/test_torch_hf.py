@@ -25,7 +25,7 @@ import torch
 pytest.importorskip("transformers", reason="the Hugging Face tests need the hf extra: pip install -e .[hf]")
 
 from packer.convert import PackConfig, pack_dataset  # noqa: E402
-from packer.reader import Columns  # noqa: E402
+from packer.input import Columns  # noqa: E402
 from packer.torch import PackedCollator, PackedDataset  # noqa: E402
 from tests._hf_helpers import (  # noqa: E402
     IGNORE,

@@ -33,7 +33,7 @@ def _pack(folder, lengths, seed):
     import pyarrow as pa
 
     from packer.convert import PackConfig, pack_dataset
-    from packer.reader import Columns
+    from packer.input import Columns
 
     rng = np.random.default_rng(seed)
     rows = [rng.integers(1, VOCAB, n).tolist() for n in lengths]

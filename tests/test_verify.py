@@ -13,7 +13,7 @@ from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
 from packer.errors import PackerError
 from packer.packed_reader import PackedReader
-from packer.reader import Columns
+from packer.input import Columns
 from packer.verify import CHECKS, INPUT_CHECKS, reseal_manifest, verify_packed
 from tests._manifest_helpers import rewrite_manifest, set_capacity
 from tests._verify_helpers import lengths_mixed, read_shard_rows, rewrite_shard, rows_table, write_stream

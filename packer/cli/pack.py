@@ -28,7 +28,7 @@ from packer.jobs import DEFAULT_PLAN, PLANS
 from packer.plan import DEFAULT_OVERFLOW, DEFAULT_FILLER, DEFAULT_STRATEGY, OVERFLOW_POLICIES, STRATEGIES
 from packer.errors import PackerError
 from packer.errors import ConfigError
-from packer.reader import Columns
+from packer.input import Columns
 from packer.stats import format_stats
 
 NAME = "pack"

@@ -20,7 +20,7 @@ import logging
 from packer import format as fmt
 from packer.errors import PackerError
 from packer.plan import DEFAULT_OVERFLOW, DEFAULT_STRATEGY, DEFAULT_FILLER, OVERFLOW_POLICIES, STRATEGIES
-from packer.reader import Columns
+from packer.input import Columns
 from packer.report import (
     REFERENCE_EFFECTIVE_BATCH,
     REFERENCE_EPOCHS,

@@ -15,6 +15,7 @@ import numpy as np
 
 from packer import format as fmt
 from packer.errors import PackerError
+from packer.input import Columns, scan_inputs
 from packer.packed_reader import PackedReader
 from packer.plan import (
     DEFAULT_OVERFLOW,
@@ -193,12 +194,10 @@ def report_from_input(
     setup: TrainingSetup = TrainingSetup(),
     model: ModelShape | None = None,
 ) -> Report:
-    """The report for tokenized input (files, folders, globs; see :mod:`packer.reader`).
+    """The report for tokenized input (files, folders, globs; see :mod:`packer.input`).
 
     Lengths come from the Arrow list offsets; no token is read.
     """
-    from packer.reader import Columns, scan_inputs
-
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inp = scan_inputs(list(inputs), columns=columns or Columns())

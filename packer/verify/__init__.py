@@ -33,7 +33,7 @@ import numpy as np
 
 from packer import format as fmt
 from packer.errors import PackerError
-from packer.reader import TokenizedInput, open_input, resolve_paths
+from packer.input import TokenizedInput, open_input, resolve_paths
 from packer.verify.against_input import _check_coverage, _check_input, _compare_tokens, _match
 from packer.verify.manifest import _check_files, _check_manifest, _check_manifest_checksum
 from packer.verify.records import (
@@ -77,7 +77,7 @@ def verify_packed(
     Args:
         folder: the packed folder.
         inputs: the tokenized input it was packed from (paths as for ``packer pack``, or an opened
-            :class:`packer.reader.TokenizedInput`); its columns are the ones the manifest's config names.
+            :class:`packer.input.TokenizedInput`); its columns are the ones the manifest's config names.
         max_defects: defects listed per check (all are counted).
         checksums: hash every shard (skip only to time the other checks).
         allow_unsealed: a manifest without its own checksum (an older packer's) is a note, not a defect.

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from packer import format as fmt
-from packer.reader import TokenizedInput, input_fingerprint
+from packer.input import TokenizedInput, input_fingerprint
 from packer.verify.records import (
     _BLOCK_TOKENS,
     ExpectedPieces,

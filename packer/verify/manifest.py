@@ -12,7 +12,7 @@ import pyarrow as pa
 from packer import format as fmt
 from packer.errors import PackerError
 from packer.plan import OVERFLOW_POLICIES
-from packer.reader import Columns
+from packer.input import Columns
 from packer.verify.records import VerifyConfig, _Collector
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer import format as fmt
-from packer.reader import Columns
+from packer.input import Columns
 
 
 CHECKS = {
