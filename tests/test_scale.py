@@ -142,7 +142,7 @@ def test_uri_inputs_and_output_through_a_pyarrow_filesystem(tmp_path, four_files
     # the input layer's modules call paths.filesystem through the module: this one patch reaches them all
     monkeypatch.setattr(paths, "filesystem", remote)
     uris = [f"file://{f}" for f in files]
-    assert not isinstance(sources._open_source(uris[0]), pa.MemoryMappedFile)  # the patch takes effect
+    assert not isinstance(sources.open_source(uris[0]), pa.MemoryMappedFile)  # the patch takes effect
     out = f"file://{tmp_path}/remote"
     m = pack_dataset(uris, out, config=CONFIG, progress=False)
     assert m["input"]["files"][0]["path"] == uris[0]
@@ -182,9 +182,9 @@ def test_remote_inputs_are_read_once(tmp_path, four_files, monkeypatch, output):
     monkeypatch.setattr(paths, "filesystem", remote)
     monkeypatch.setattr(convert, "filesystem", remote)
     opened = collections.Counter()
-    # the scan and BatchChunks open files through the module (sources._open_batches), as _open_batches opens an
-    # Arrow file through _open_source: patched here, every opening is counted
-    for name in ("_open_source", "_open_batches"):
+    # the scan and BatchChunks open files through the module (sources.open_batches), as open_batches opens an
+    # Arrow file through open_source: patched here, every opening is counted
+    for name in ("open_source", "open_batches"):
         def counting(uri, *args, _real=getattr(sources, name), **kwargs):
             if str(uri).startswith("file://"):
                 opened[uri] += 1
@@ -195,7 +195,7 @@ def test_remote_inputs_are_read_once(tmp_path, four_files, monkeypatch, output):
     out = tmp_path / "out" if output == "local" else f"file://{tmp_path}/out"
     m = pack_dataset(uris, out, config=CONFIG, progress=False)
     assert len(m["shards"]) > 10
-    # the scan opens each file once (an Arrow file counts twice: _open_batches opens it through _open_source)
+    # the scan opens each file once (an Arrow file counts twice: open_batches opens it through open_source)
     assert sorted(opened) == sorted(uris) and max(opened.values()) <= 2, opened
     (ml, dl), (mr, dr) = _shards(tmp_path / "local"), _shards(tmp_path / "out")
     assert dl == dr and ml["shards"] == mr["shards"] and ml["stats"] == mr["stats"]

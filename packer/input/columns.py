@@ -3,8 +3,8 @@
 :class:`Columns` names them; :func:`resolve_columns` decides them once over the schemas of all files before any row
 is read: the ``labels`` or ``loss_mask`` column if every file has it (:data:`DETECT`), refused if only some do; a
 packed shard or text where tokens are expected is refused (:func:`text_input_hint`). Every record batch read is
-checked (:func:`_check_batch`: offsets, nulls, equal lengths; :func:`_check_padding`: an ``attention_mask`` with
-zeros means padded rows, refused), and its item buffers are read as numpy views (:func:`_numpy_values`).
+checked (:func:`check_batch`: offsets, nulls, equal lengths; :func:`check_padding`: an ``attention_mask`` with
+zeros means padded rows, refused), and its item buffers are read as numpy views (:func:`numpy_values`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from packer import format as fmt
 from packer.errors import ConfigError, PackerError
-from packer.input.paths import DOCS_INPUT, _few, _packed_folder_error, is_uri, resolve_paths
+from packer.input.paths import DOCS_INPUT, few, packed_folder_error, is_uri, resolve_paths
 from packer.input.sources import read_schema
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def resolve_columns(uris: list[str], schemas: list[pa.Schema], columns: Columns)
     for uri, schema in zip(uris, schemas):
         if fmt.CU_SEQLENS in schema.names and fmt.SEQ_INDEX in schema.names:
             folder = posixpath.dirname(uri) if is_uri(uri) else os.path.dirname(uri)
-            raise _packed_folder_error(folder or uri)
+            raise packed_folder_error(folder or uri)
         hint = text_input_hint(uri, schema, columns.input_ids)
         if hint:
             raise PackerError(hint)
@@ -138,7 +138,7 @@ def resolve_columns(uris: list[str], schemas: list[pa.Schema], columns: Columns)
         if missing:
             have = schemas[uris.index(missing[0])].names
             raise PackerError(
-                f"{_few(missing)}: no column {name!r} (columns: {', '.join(have) or 'none'}); name the right one "
+                f"{few(missing)}: no column {name!r} (columns: {', '.join(have) or 'none'}); name the right one "
                 "with --input-column/--labels-column/--loss-mask-column"
                 + (f" (in {len(uris) - len(missing)} other input files it exists)"
                    if len(missing) < len(uris) else ""))
@@ -148,8 +148,8 @@ def resolve_columns(uris: list[str], schemas: list[pa.Schema], columns: Columns)
             _check_list_type(uri, name, typ, allow_bool=(name == columns.loss_mask))
             kinds.setdefault(_kind(typ), []).append(uri)
         if len(kinds) > 1:
-            raise PackerError(f"column {name!r} holds integers in {_few(kinds['int'])} but booleans in "
-                              f"{_few(kinds['bool'])}; give it one type in every file")
+            raise PackerError(f"column {name!r} holds integers in {few(kinds['int'])} but booleans in "
+                              f"{few(kinds['bool'])}; give it one type in every file")
     return columns
 
 
@@ -169,7 +169,7 @@ def has_column(inputs, name: str, *, split: str | None = None) -> bool:
 def _disagree(name: str, uris: list[str], have: list[bool]) -> str:
     yes = [u for u, h in zip(uris, have) if h]
     no = [u for u, h in zip(uris, have) if not h]
-    return (f"column {name!r} is in {len(yes)} of {len(uris)} input files ({_few(yes)}) but not in {_few(no)}; "
+    return (f"column {name!r} is in {len(yes)} of {len(uris)} input files ({few(yes)}) but not in {few(no)}; "
             "the files would be trained differently. Give every file the column, or choose for all of them: "
             "--labels-column/--loss-mask-column NAME (labels=/loss_mask= in Python) to use it (files without it are "
             "refused), --no-labels (labels=None) to train on every token")
@@ -203,7 +203,7 @@ def _check_list_type(uri: str, name: str, typ: pa.DataType, *, allow_bool: bool 
         raise PackerError(f"{uri}: column {name!r} is {typ}; its items must be integers, not {vt}")
 
 
-def _check_padding(uri: str, batch: pa.RecordBatch, row0: int, input_ids: str) -> None:
+def check_padding(uri: str, batch: pa.RecordBatch, row0: int, input_ids: str) -> None:
     """Refuse a batch whose ``attention_mask`` has zeros (padded rows, whose pad tokens would be packed as text),
     or does not read as a mask of its rows (another length than the tokens, values other than 0 and 1): then the
     tokens may not be what they seem either."""
@@ -256,7 +256,7 @@ def _check_padding(uri: str, batch: pa.RecordBatch, row0: int, input_ids: str) -
         f"first: see {DOCS_INPUT}")
 
 
-def _check_batch(uri: str, batch: pa.RecordBatch, names: list[str], row0: int) -> np.ndarray:
+def check_batch(uri: str, batch: pa.RecordBatch, names: list[str], row0: int) -> np.ndarray:
     """Validate one batch (offsets, nulls, equal lengths) and return its row lengths, int64 (rows,).
 
     ``row0`` is the batch's first row inside the file (for messages).
@@ -272,7 +272,7 @@ def _check_batch(uri: str, batch: pa.RecordBatch, names: list[str], row0: int) -
             bad = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
             raise PackerError(f"{uri}: column {name!r} row {row0 + bad} is null; drop or fill null rows first")
         if col.values.null_count:
-            _numpy_values(uri, name, col, row0)  # raises naming the row
+            numpy_values(uri, name, col, row0)  # raises naming the row
         n = np.diff(col.offsets.to_numpy()).astype(np.int64, copy=False)
         if lengths is None:
             lengths = n
@@ -285,7 +285,7 @@ def _check_batch(uri: str, batch: pa.RecordBatch, names: list[str], row0: int) -
     return lengths
 
 
-def _numpy_values(uri: str, name: str, arr: pa.Array, row_start: int) -> np.ndarray:
+def numpy_values(uri: str, name: str, arr: pa.Array, row_start: int) -> np.ndarray:
     """The list array's item buffer as numpy (zero-copy; bool items as uint8), indexed by ``arr.offsets``."""
     values = arr.values
     if values.null_count:

@@ -12,7 +12,7 @@ from packer.errors import PackerError
 from packer.format import MANIFEST_FILE
 from packer.input import paths
 from packer.input.columns import Columns
-from packer.input.sources import _stage_name
+from packer.input.sources import stage_name
 from packer.input.tokenized import BatchChunks, InputFile, TokenizedInput
 from packer.packed_reader import PackedReader
 
@@ -45,7 +45,7 @@ def scan_packed(folder, *, columns: Columns = Columns(), staging: str) -> Tokeni
     files, lengths, batches, index, offset = [], [], [], [], []
     row = 0
     for f, path in enumerate(reader.shard_paths):
-        read = _stage_name(staging, f, str(path))
+        read = stage_name(staging, f, str(path))
         row0, nb, pack0 = row, 0, 0
         rfs, rinner, _ = paths.filesystem(read)
         # the reader's own maps, opened through the folder with the manifest (regular files, one version)

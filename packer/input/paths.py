@@ -113,7 +113,7 @@ def packed_folder(inputs) -> str | None:
     return str(path) if path.is_dir() and (path / MANIFEST_FILE).is_file() else None
 
 
-def _packed_folder_error(path) -> PackerError:
+def packed_folder_error(path) -> PackerError:
     return PackerError(
         f"{path}: is a packed folder (it has {MANIFEST_FILE}), or a shard of one; read as tokenized rows, each pack "
         "would become one sequence and its boundaries be lost. To repack it, give the folder itself as the only "
@@ -198,7 +198,7 @@ def _expand(path: Path, split: str | None = None) -> list[str]:
             raise PackerError(f"{path}: is a file; --split (split=) picks a split of a folder that holds several")
         return [str(path)]
     if (path / MANIFEST_FILE).is_file():
-        raise _packed_folder_error(path)
+        raise packed_folder_error(path)
     if (path / "dataset_dict.json").is_file():
         splits = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
         if split is not None and split in splits:
@@ -237,7 +237,7 @@ def _expand(path: Path, split: str | None = None) -> list[str]:
     folders = sorted({f.split("/")[0] for f in files if "/" in f})
     if len(folders) > 1:  # a layout packer cannot tell from several datasets: say what is merged
         log.info("%s: packing the files of %d folders as one dataset (%s); pass a folder to pack it alone", path,
-                 len(folders), _few(folders))
+                 len(folders), few(folders))
     return [str(path / f) for f in files]
 
 
@@ -255,7 +255,7 @@ def _expand_uri(uri: str, split: str | None = None) -> list[str]:
     root = inner.rstrip("/")
     listing = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
     if any(i.path == root + "/" + MANIFEST_FILE for i in listing):
-        raise _packed_folder_error(uri)
+        raise packed_folder_error(uri)
     packed = [posixpath.dirname(i.path) + "/" for i in listing if posixpath.basename(i.path) == MANIFEST_FILE]
     rel = sorted(
         i.path[len(root) + 1:] for i in listing
@@ -270,5 +270,5 @@ def _expand_uri(uri: str, split: str | None = None) -> list[str]:
     return [uri.rstrip("/") + "/" + f for f in _pick(uri, datasets, split)[2]]
 
 
-def _few(names: list[str], k: int = 3) -> str:
+def few(names: list[str], k: int = 3) -> str:
     return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")

@@ -10,11 +10,11 @@ import pyarrow as pa
 
 from packer.errors import PackerError
 from packer.input import paths, sources
-from packer.input.columns import ATTENTION_MASK, Columns, _check_batch, _check_padding, resolve_columns
+from packer.input.columns import ATTENTION_MASK, Columns, check_batch, check_padding, resolve_columns
 from packer.input.packed import scan_packed
 from packer.input.paths import packed_folder, resolve_paths
-from packer.input.sources import _check_stream_end, _sniff, _stage, _stage_name, _unreadable, read_schema
-from packer.input.tokenized import BatchChunks, Chunk, InputFile, TokenizedInput, _to_chunk
+from packer.input.sources import check_stream_end, sniff, stage, stage_name, unreadable, read_schema
+from packer.input.tokenized import BatchChunks, Chunk, InputFile, TokenizedInput, to_chunk
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
     Before any row is read (or anything staged), the schemas of all files are read and the columns decided once
     for all of them (:func:`resolve_columns`). A packed folder given alone, with a staging folder, is read back
     as its sequences (:func:`scan_packed`); without one it is refused. A file with an ``attention_mask`` column
-    is checked for padding (a 0 in the mask): padded input is refused (:func:`_check_padding`).
+    is checked for padding (a 0 in the mask): padded input is refused (:func:`check_padding`).
 
     Args:
         inputs: a path or paths, folders, globs (local) or URIs.
@@ -50,7 +50,7 @@ def scan_inputs(inputs, *, columns: Columns = Columns(), staging: str | None = N
             raise PackerError(f"{folder}: is a packed folder, which has no splits; drop --split")
         return scan_packed(folder, columns=columns, staging=staging)
     uris = resolve_paths(inputs, split=split)
-    kinds = [_sniff(uri) for uri in uris]
+    kinds = [sniff(uri) for uri in uris]
     schemas = [read_schema(uri, kind) for uri, kind in zip(uris, kinds)]
     columns = resolve_columns(uris, schemas, columns)
     found = _Scanned()
@@ -108,30 +108,30 @@ def _scan_file(found: _Scanned, uri: str, kind: str, schema: pa.Schema, columns:
     try:
         size = fs.get_file_info(inner).size
         if kind == "arrow-stream":
-            _check_stream_end(uri)
-        schema, it = sources._open_batches(uri, kind, scan_names)
+            check_stream_end(uri)
+        schema, it = sources.open_batches(uri, kind, scan_names)
         if staging is not None and (kind == "parquet" or (not local and staging_local)):
-            read, read_kind = _stage_name(staging, f, uri), "arrow-file"
+            read, read_kind = stage_name(staging, f, uri), "arrow-file"
             if not found.staged:
                 sfs, sinner, _ = paths.filesystem(staging)
                 sfs.create_dir(sinner, recursive=True)
                 found.staged = True
-            it = _stage(it, read, pa.schema([schema.field(n) for n in names]))
+            it = stage(it, read, pa.schema([schema.field(n) for n in names]))
         row0 = row
         for b, batch in enumerate(it):
             if padded:
-                _check_padding(uri, batch, row - row0, columns.input_ids)
-            n = _check_batch(uri, batch, names, row - row0)
+                check_padding(uri, batch, row - row0, columns.input_ids)
+            n = check_batch(uri, batch, names, row - row0)
             if batch.num_rows:
                 found.batches.append((f, b, row))
                 found.lengths.append(n)
                 if keep:
-                    found.kept.append(_to_chunk(uri, columns, batch, row, row - row0))
+                    found.kept.append(to_chunk(uri, columns, batch, row, row - row0))
             row += batch.num_rows
     except PackerError:
         raise
     except (pa.ArrowException, OSError, ValueError, MemoryError) as e:
-        raise _unreadable(uri, kind, e) from None
+        raise unreadable(uri, kind, e) from None
     found.files.append(InputFile(name=uri, read=read, kind=read_kind, rows=row - row0, bytes=int(size)))
     found.rows = row
     log.debug("scanned %s (%s, %d rows)", uri, kind, row - row0)

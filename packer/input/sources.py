@@ -1,6 +1,6 @@
 """One input file on disk: Arrow IPC file, Arrow IPC stream or Parquet, told apart by their magic bytes.
 
-Sniffing the format (:func:`_sniff`, which also refuses empty files and text), the end-of-stream check of an Arrow
+Sniffing the format (:func:`sniff`, which also refuses empty files and text), the end-of-stream check of an Arrow
 stream, the schema without reading a row (:func:`read_schema`), opening a file's record batches one at a time
 (memory-mapped when local, through a pyarrow filesystem otherwise; Parquet decoded one row group at a time), the
 "cannot be read" error, and the staged Arrow IPC copy that ``packer pack`` writes of Parquet and remote inputs.
@@ -22,7 +22,7 @@ ARROW_STREAM_CONTINUATION = b"\xff\xff\xff\xff"
 ARROW_STREAM_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
 
-def _sniff(uri: str) -> str:
+def sniff(uri: str) -> str:
     """``arrow-file``, ``arrow-stream`` or ``parquet``, from the file's first bytes."""
     fs, inner, local = paths.filesystem(uri)
     try:
@@ -45,7 +45,7 @@ def _sniff(uri: str) -> str:
     raise PackerError(f"{uri}: neither Arrow IPC nor Parquet (unknown magic bytes {head[:4]!r})")
 
 
-def _check_stream_end(uri: str) -> None:
+def check_stream_end(uri: str) -> None:
     """An Arrow IPC stream cut at a record-batch boundary still parses, minus its last batches; only the
     end-of-stream marker that every writer's ``close()`` appends tells it from a complete one."""
     fs, inner, _ = paths.filesystem(uri)
@@ -61,12 +61,12 @@ def _check_stream_end(uri: str) -> None:
         )
 
 
-def _open_source(uri: str):
+def open_source(uri: str):
     fs, inner, local = paths.filesystem(uri)
     return pa.memory_map(inner, "r") if local else fs.open_input_file(inner)
 
 
-def _open_batches(uri: str, kind: str, names: list[str]):
+def open_batches(uri: str, kind: str, names: list[str]):
     """(schema, iterator over record batches) of one file; the batches are read as the iterator advances.
 
     Parquet batches are those of each row group decoded in turn (only the columns ``names``).
@@ -80,7 +80,7 @@ def _open_batches(uri: str, kind: str, names: list[str]):
                 yield from pf.read_row_group(g, columns=names, use_threads=True).select(names).to_batches()
 
         return pf.schema_arrow, row_groups()
-    source = _open_source(uri)
+    source = open_source(uri)
     if kind == "arrow-file":
         r = pa.ipc.open_file(source)
         return r.schema, (r.get_batch(i) for i in range(r.num_record_batches))
@@ -88,7 +88,7 @@ def _open_batches(uri: str, kind: str, names: list[str]):
     return r.schema, iter(r)
 
 
-def _unreadable(uri: str, kind: str, e: Exception) -> PackerError:
+def unreadable(uri: str, kind: str, e: Exception) -> PackerError:
     what = "Parquet" if kind == "parquet" else "Arrow IPC"
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     return PackerError(f"{uri}: cannot be read as {what} ({msg}); the file may be truncated or corrupted")
@@ -97,7 +97,7 @@ def _unreadable(uri: str, kind: str, e: Exception) -> PackerError:
 def read_schema(uri: str, kind: str | None = None) -> pa.Schema:
     """The Arrow schema of one input file: its footer (Parquet, Arrow file) or first message (Arrow stream); no row
     is read, and no record batch is opened."""
-    kind = kind or _sniff(uri)
+    kind = kind or sniff(uri)
     fs, inner, _ = paths.filesystem(uri)
     try:
         with fs.open_input_file(inner) as fh:
@@ -105,15 +105,15 @@ def read_schema(uri: str, kind: str | None = None) -> pa.Schema:
                 return pq.read_schema(fh)
             return (pa.ipc.open_file(fh) if kind == "arrow-file" else pa.ipc.open_stream(fh)).schema
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise _unreadable(uri, kind, e) from None
+        raise unreadable(uri, kind, e) from None
 
 
-def _stage_name(staging: str, index: int, uri: str) -> str:
+def stage_name(staging: str, index: int, uri: str) -> str:
     base = posixpath.basename(uri.rstrip("/"))
     return f"{staging.rstrip('/')}/{index:05d}-{base}.arrow"
 
 
-def _stage(batches, dest: str, schema: pa.Schema):
+def stage(batches, dest: str, schema: pa.Schema):
     """Write ``batches`` to the Arrow IPC file ``dest`` as they pass, yielding each one written."""
     dfs, dinner, _ = paths.filesystem(dest)
     with dfs.open_output_stream(dinner) as sink, pa.ipc.new_file(sink, schema) as w:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer.input import sources
-from packer.input.columns import Columns, _numpy_values
+from packer.input.columns import Columns, numpy_values
 from packer.input.paths import is_local
 
 
@@ -133,7 +133,7 @@ class BatchChunks:
             return self._cached[1]
         f, b, row_start = (int(x) for x in self.chunks[c])
         info = self.files[f]
-        chunk = _to_chunk(info.name, self.columns, self._batch(f, b), row_start, row_start - int(self._file_row0[f]))
+        chunk = to_chunk(info.name, self.columns, self._batch(f, b), row_start, row_start - int(self._file_row0[f]))
         self._cached = (c, chunk)
         return chunk
 
@@ -145,33 +145,33 @@ class BatchChunks:
             # maps stay within one record batch (the page cache keeps them; with one map per file the job's
             # mapped pages grew to the whole file: 680 MB RSS per worker on 530 MB inputs)
             self._open = {}
-            return pa.ipc.open_file(sources._open_source(info.read)).get_batch(b)
+            return pa.ipc.open_file(sources.open_source(info.read)).get_batch(b)
         if entry is None:
             if info.kind == "arrow-file":
-                entry = pa.ipc.open_file(sources._open_source(info.read))
+                entry = pa.ipc.open_file(sources.open_source(info.read))
             else:  # streams and Parquet go forward: the batch iterator, index of the last batch read, that batch
-                entry = [sources._open_batches(info.read, info.kind, self.columns.names)[1], -1, None]
+                entry = [sources.open_batches(info.read, info.kind, self.columns.names)[1], -1, None]
             self._open = {f: entry}  # one input open at a time
         if info.kind == "arrow-file":
             return entry.get_batch(b)
         if entry[1] > b:  # reopen to go back (does not happen with ascending chunks)
-            entry[:] = [sources._open_batches(info.read, info.kind, self.columns.names)[1], -1, None]
+            entry[:] = [sources.open_batches(info.read, info.kind, self.columns.names)[1], -1, None]
         while entry[1] < b:
             entry[2] = next(entry[0])
             entry[1] += 1
         return entry[2]
 
 
-def _to_chunk(name: str, columns: Columns, batch: pa.RecordBatch, row_start: int, local_row: int) -> Chunk:
+def to_chunk(name: str, columns: Columns, batch: pa.RecordBatch, row_start: int, local_row: int) -> Chunk:
     """A validated record batch as a :class:`Chunk` (numpy views of its buffers)."""
     ids = batch.column(columns.input_ids)
     offsets = ids.offsets.to_numpy().astype(np.int64, copy=False)
     chunk = Chunk(file=name, row_start=row_start, offsets=offsets,
-                  ids=_numpy_values(name, columns.input_ids, ids, local_row))
+                  ids=numpy_values(name, columns.input_ids, ids, local_row))
     other = columns.labels or columns.loss_mask
     if other is not None:
         o = batch.column(other)
-        vals = _numpy_values(name, other, o, local_row)
+        vals = numpy_values(name, other, o, local_row)
         # re-base so that the ids offsets index the other column too (the scan checked equal lengths)
         shift = int(o.offsets[0].as_py() - offsets[0])
         if shift:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packer.report.training import _positive_int
+from packer.report.training import positive_int
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ def simulate_padding(lengths: np.ndarray, *, batch_size: int, seed: int = 0, shu
         >>> s.tokens, s.slots, s.overhead
         (4, 6.0, 0.33333333333333337)
     """
-    batch_size = _positive_int(batch_size, "batch_size", "pass the per-device batch")
-    shuffles = _positive_int(shuffles, "shuffles", "simulate at least one epoch")
+    batch_size = positive_int(batch_size, "batch_size", "pass the per-device batch")
+    shuffles = positive_int(shuffles, "shuffles", "simulate at least one epoch")
     lengths = np.asarray(lengths, dtype=np.int64)
     lengths = lengths[lengths > 0]
     n = lengths.shape[0]

@@ -42,7 +42,7 @@ _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBtT]?)\
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
 
-def _positive_int(value, what: str, fix: str) -> int:
+def positive_int(value, what: str, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise PackerError(f"{what} must be a positive integer, got {value!r}; {fix}")
     return int(value)
@@ -86,11 +86,11 @@ class TrainingSetup:
     loss_warning: float = DATA_LOSS_WARNING
 
     def __post_init__(self):
-        _positive_int(self.num_gpus, "--num-gpus", "pass the number of data-parallel GPUs, e.g. --num-gpus 4")
-        _positive_int(self.effective_batch_size, "--effective-batch-size",
+        positive_int(self.num_gpus, "--num-gpus", "pass the number of data-parallel GPUs, e.g. --num-gpus 4")
+        positive_int(self.effective_batch_size, "--effective-batch-size",
                       "pass the samples per optimizer step over all GPUs, e.g. --effective-batch-size 128")
-        _positive_int(self.padding_batch_size, "--padding-batch-size", "e.g. --padding-batch-size 2")
-        _positive_int(self.packing_batch_size, "--packing-batch-size", "e.g. --packing-batch-size 1")
+        positive_int(self.padding_batch_size, "--padding-batch-size", "e.g. --padding-batch-size 2")
+        positive_int(self.packing_batch_size, "--packing-batch-size", "e.g. --packing-batch-size 1")
         for name in ("padding_seed", "sampler_seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -126,7 +126,7 @@ class TrainingSetup:
             if not isinstance(name, str) or not _STEP_NAME.match(name):
                 raise PackerError(f"step setting name {name!r} is not an identifier; "
                                   "e.g. --step-setting eval_steps=500")
-            checked.append((name, _positive_int(steps, name, f"pass a positive number of steps for {name}")))
+            checked.append((name, positive_int(steps, name, f"pass a positive number of steps for {name}")))
         names = [n for n, _ in checked]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -183,7 +183,7 @@ class ModelShape:
                            ("num_params", "--num-params")):
             value = getattr(self, name)
             if value is not None:
-                _positive_int(value, flag, f"pass the model's {name.replace('_', ' ')}")
+                positive_int(value, flag, f"pass the model's {name.replace('_', ' ')}")
         if self.hidden_size is None and self.num_layers is None and self.num_params is None:
             raise PackerError("a model shape needs --hidden-size, --num-layers or --num-params (at least one)")
         if self.num_params is None and (self.hidden_size is None or self.num_layers is None):
