@@ -162,7 +162,7 @@ def report_from_packed(
     lengths, exact = recover_lengths(manifest, seg, index)
     if not exact:
         log.debug("%s: the lengths of %d over-capacity rows are not in the packs; spread from the manifest's totals",
-                 folder, int(stats["sequences_dropped"]) + int(stats["sequences_truncated"]))
+                  folder, int(stats["sequences_dropped"]) + int(stats["sequences_truncated"]))
     source = {
         "kind": "packed",
         "path": str(folder),
@@ -179,7 +179,7 @@ def report_from_packed(
     # its tokenized input simulate the same padding-mode shuffles
     trained = seg[np.lexsort((-seg, index))]
     return build_report(lengths=lengths, trained=trained, stats=stats, seg_lengths=seg, pack_offsets=offsets,
-                  capacity=int(cfg["capacity"]), setup=setup, model=model, source=source)
+                        capacity=int(cfg["capacity"]), setup=setup, model=model, source=source)
 
 
 def report_from_input(

@@ -18,7 +18,9 @@ Example:
 
 The checks are split by what they read: :mod:`packer.verify.manifest` (the manifest and the files),
 :mod:`packer.verify.shards` (the shards' layout and invariants) and :mod:`packer.verify.against_input` (the
-input); :mod:`packer.verify.records` holds the report and its defects.
+input); :mod:`packer.verify.records` holds the report and its defects, and the typed records the checks hand each
+other (:class:`~packer.verify.records.VerifyConfig`, the loaded shard, :class:`~packer.verify.records.Sequences`,
+:class:`~packer.verify.records.ExpectedPieces`, :class:`~packer.verify.records.Totals`).
 """
 from __future__ import annotations
 
