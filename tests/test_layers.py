@@ -107,22 +107,22 @@ def test_lower_layers_never_import_upper_ones():
             assert not any(d.startswith("packer.torch") for d in deps), m
 
 
-REPORT_LAYERS = ["packer.report.training", "packer.report.padding", "packer.report.model", "packer.report.sources"]
+REPORT_LAYERS = ["packer.report.training", "packer.report.padding", "packer.report.comparison", "packer.report.sources"]
 
 
 def test_report_modules_import_one_way():
-    """training <- padding <- model <- sources; render reads the model only; the package imports them all."""
+    """training <- padding <- comparison <- sources; render reads the comparison only; the package imports them all."""
     graph = import_graph()
     report = {m for m in graph if m.startswith("packer.report.")}
     assert report == {*REPORT_LAYERS, "packer.report.render"}, report
     for i, m in enumerate(REPORT_LAYERS):
         assert graph[m] & report <= set(REPORT_LAYERS[:i]), (m, graph[m] & report)
         assert "packer.report" not in graph[m], m
-    assert graph["packer.report.render"] & (report | {"packer.report"}) <= {"packer.report.model"}
+    assert graph["packer.report.render"] & (report | {"packer.report"}) <= {"packer.report.comparison"}
     assert report <= graph["packer.report"]
 
 
-INPUT_LAYER = ["packer.input.paths", "packer.input.sources", "packer.input.columns", "packer.input.tokenized",
+INPUT_LAYER = ["packer.input.paths", "packer.input.formats", "packer.input.columns", "packer.input.tokenized",
                "packer.input.packed", "packer.input.scan", "packer.input"]
 """The input layer's modules, each importing only those before it (the package re-exports them all)."""
 

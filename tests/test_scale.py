@@ -16,7 +16,7 @@ from packer import format as fmt
 from packer import convert, kernels
 from packer.cli import main
 from packer.convert import PackConfig, pack_dataset
-from packer.input import Columns, paths, sources
+from packer.input import Columns, formats, paths
 from tests._invariants import check_packed
 from tests.conftest import readable_table, write_arrow_file, write_arrow_stream, write_parquet
 
@@ -142,7 +142,7 @@ def test_uri_inputs_and_output_through_a_pyarrow_filesystem(tmp_path, four_files
     # the input layer's modules call paths.filesystem through the module: this one patch reaches them all
     monkeypatch.setattr(paths, "filesystem", remote)
     uris = [f"file://{f}" for f in files]
-    assert not isinstance(sources.open_source(uris[0]), pa.MemoryMappedFile)  # the patch takes effect
+    assert not isinstance(formats.open_source(uris[0]), pa.MemoryMappedFile)  # the patch takes effect
     out = f"file://{tmp_path}/remote"
     m = pack_dataset(uris, out, config=CONFIG, progress=False)
     assert m["input"]["files"][0]["path"] == uris[0]
@@ -182,15 +182,15 @@ def test_remote_inputs_are_read_once(tmp_path, four_files, monkeypatch, output):
     monkeypatch.setattr(paths, "filesystem", remote)
     monkeypatch.setattr(convert, "filesystem", remote)
     opened = collections.Counter()
-    # the scan and BatchChunks open files through the module (sources.open_batches), as open_batches opens an
+    # the scan and BatchChunks open files through the module (formats.open_batches), as open_batches opens an
     # Arrow file through open_source: patched here, every opening is counted
     for name in ("open_source", "open_batches"):
-        def counting(uri, *args, _real=getattr(sources, name), **kwargs):
+        def counting(uri, *args, _real=getattr(formats, name), **kwargs):
             if str(uri).startswith("file://"):
                 opened[uri] += 1
             return _real(uri, *args, **kwargs)
 
-        monkeypatch.setattr(sources, name, counting)
+        monkeypatch.setattr(formats, name, counting)
     uris = [f"file://{f}" for f in files]
     out = tmp_path / "out" if output == "local" else f"file://{tmp_path}/out"
     m = pack_dataset(uris, out, config=CONFIG, progress=False)

@@ -41,7 +41,7 @@ The modules, each importing only those listed before it; the names below are imp
 
 * :mod:`packer.input.paths`: what the user passed, resolved to data files (:func:`resolve_paths`,
   :func:`filesystem`, :func:`is_uri`, :func:`is_local`, :func:`packed_folder`);
-* :mod:`packer.input.sources`: one file on disk: its format, schema and record batches (:func:`read_schema`), and
+* :mod:`packer.input.formats`: one file on disk: its format, schema and record batches (:func:`read_schema`), and
   the staged Arrow copy;
 * :mod:`packer.input.columns`: which columns to read and the checks of their types and values (:class:`Columns`,
   :data:`DETECT`, :func:`resolve_columns`, :func:`has_column`, :func:`text_input_hint`);
@@ -51,7 +51,7 @@ The modules, each importing only those listed before it; the names below are imp
 * :mod:`packer.input.scan`: the scan itself (:func:`scan_inputs`, :func:`open_input`).
 """
 from packer.input.paths import filesystem, is_local, is_uri, packed_folder, resolve_paths
-from packer.input.sources import read_schema
+from packer.input.formats import read_schema
 from packer.input.columns import (
     ATTENTION_MASK,
     DETECT,

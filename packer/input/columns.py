@@ -19,7 +19,7 @@ import pyarrow as pa
 from packer import format as fmt
 from packer.errors import ConfigError, PackerError
 from packer.input.paths import DOCS_INPUT, few, packed_folder_error, is_uri, resolve_paths
-from packer.input.sources import read_schema
+from packer.input.formats import read_schema
 
 log = logging.getLogger(__name__)
 

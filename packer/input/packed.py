@@ -12,7 +12,7 @@ from packer.errors import PackerError
 from packer.format import MANIFEST_FILE
 from packer.input import paths
 from packer.input.columns import Columns
-from packer.input.sources import stage_name
+from packer.input.formats import stage_name
 from packer.input.tokenized import BatchChunks, InputFile, TokenizedInput
 from packer.packed_reader import PackedReader
 

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 
 from packer.errors import PackerError
-from packer.input import paths, sources
+from packer.input import formats, paths
 from packer.input.columns import ATTENTION_MASK, Columns, check_batch, check_padding, resolve_columns
+from packer.input.formats import check_stream_end, read_schema, sniff, stage, stage_name, unreadable
 from packer.input.packed import scan_packed
 from packer.input.paths import packed_folder, resolve_paths
-from packer.input.sources import check_stream_end, sniff, stage, stage_name, unreadable, read_schema
 from packer.input.tokenized import BatchChunks, Chunk, InputFile, TokenizedInput, to_chunk
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _scan_file(found: _Scanned, uri: str, kind: str, schema: pa.Schema, columns:
         size = fs.get_file_info(inner).size
         if kind == "arrow-stream":
             check_stream_end(uri)
-        schema, it = sources.open_batches(uri, kind, scan_names)
+        schema, it = formats.open_batches(uri, kind, scan_names)
         if staging is not None and (kind == "parquet" or (not local and staging_local)):
             read, read_kind = stage_name(staging, f, uri), "arrow-file"
             if not found.staged:

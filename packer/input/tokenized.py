@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from packer.input import sources
+from packer.input import formats
 from packer.input.columns import Columns, numpy_values
 from packer.input.paths import is_local
 
@@ -145,17 +145,17 @@ class BatchChunks:
             # maps stay within one record batch (the page cache keeps them; with one map per file the job's
             # mapped pages grew to the whole file: 680 MB RSS per worker on 530 MB inputs)
             self._open = {}
-            return pa.ipc.open_file(sources.open_source(info.read)).get_batch(b)
+            return pa.ipc.open_file(formats.open_source(info.read)).get_batch(b)
         if entry is None:
             if info.kind == "arrow-file":
-                entry = pa.ipc.open_file(sources.open_source(info.read))
+                entry = pa.ipc.open_file(formats.open_source(info.read))
             else:  # streams and Parquet go forward: the batch iterator, index of the last batch read, that batch
-                entry = [sources.open_batches(info.read, info.kind, self.columns.names)[1], -1, None]
+                entry = [formats.open_batches(info.read, info.kind, self.columns.names)[1], -1, None]
             self._open = {f: entry}  # one input open at a time
         if info.kind == "arrow-file":
             return entry.get_batch(b)
         if entry[1] > b:  # reopen to go back (does not happen with ascending chunks)
-            entry[:] = [sources.open_batches(info.read, info.kind, self.columns.names)[1], -1, None]
+            entry[:] = [formats.open_batches(info.read, info.kind, self.columns.names)[1], -1, None]
         while entry[1] < b:
             entry[2] = next(entry[0])
             entry[1] += 1

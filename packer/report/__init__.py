@@ -34,12 +34,12 @@ sequence lengths and the actual packing plan, for the run the user will get:
 Everything returned is plain data: :class:`Report` (a frozen dataclass) and its :meth:`Report.to_dict`;
 :mod:`packer.report.render` turns it into Markdown, JSON and the configuration blocks.
 
-Modules, each importing only those above it (``render`` reads the model only):
+Modules, each importing only those above it (``render`` reads the comparison only):
 
 * :mod:`packer.report.training`: :class:`TrainingSetup`, :class:`ModelShape`, :func:`parse_count`, the reference
   run's constants and the cost models.
 * :mod:`packer.report.padding`: :func:`simulate_padding`, the padding-mode micro-batches.
-* :mod:`packer.report.model`: :class:`Report`, its columns, warnings and notes (``build_report``).
+* :mod:`packer.report.comparison`: :class:`Report`, its columns, warnings and notes (``build_report``).
 * :mod:`packer.report.sources`: :func:`report_from_lengths`, :func:`report_from_packed`,
   :func:`report_from_input`, :func:`recover_lengths`.
 * :mod:`packer.report.render`: Markdown, JSON and the configuration blocks.
@@ -74,7 +74,7 @@ from packer.report.training import (
     parse_count,
 )
 from packer.report.padding import PaddingSimulation, simulate_padding
-from packer.report.model import (
+from packer.report.comparison import (
     MIN_STEPS_PER_EPOCH,
     OPTIONAL_STATS,
     ROUNDING,

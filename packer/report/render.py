@@ -1,6 +1,6 @@
 """Rendering of a :class:`packer.report.Report`: Markdown, JSON and the configuration blocks users paste.
 
-Pure functions of the report's plain data; nothing here computes a figure (that is :mod:`packer.report.model`).
+Pure functions of the report's plain data; nothing here computes a figure (that is :mod:`packer.report.comparison`).
 
 * :func:`render_markdown`: the reference's sections and rows, then warnings, takeaways, the cost model and the
   recommendation with its blocks.

@@ -3,7 +3,7 @@
 :func:`report_from_lengths` plans the rows as ``packer pack`` would; :func:`report_from_packed` reads the plan
 back from a packed folder's shards (:func:`recover_lengths` rebuilds the input rows' lengths from them and the
 manifest's statistics); :func:`report_from_input` reads the lengths of tokenized input. Each hands its arrays to
-:func:`packer.report.model.build_report`.
+:func:`packer.report.comparison.build_report`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from packer.plan import (
     make_segments,
     plan_packs,
 )
-from packer.report.model import Report, build_report
+from packer.report.comparison import Report, build_report
 from packer.report.training import ModelShape, TrainingSetup
 from packer.stats import compute_stats
 

@@ -44,12 +44,12 @@ from packer.verify.records import (
     INPUT_CHECKS,
     CheckResult,
     Defect,
+    LoadedShard,
     Sequences,
     Totals,
     VerifyConfig,
     VerifyReport,
     _Collector,
-    _Shard,
 )
 from packer.verify.shards import (
     _check_alignment,
@@ -263,7 +263,7 @@ def _verify(folder: Path, manifest: dict, cfg: VerifyConfig, inp: TokenizedInput
         col.detail["tokens"] = f"{compared:,} tokens and labels identical to the input's"
 
 
-def _count_shard(sh: _Shard, info: dict, totals: Totals, col: _Collector) -> None:
+def _count_shard(sh: LoadedShard, info: dict, totals: Totals, col: _Collector) -> None:
     """The shard's rows, tokens and sequences against its manifest entry; added to ``totals``."""
     rows = sh.ids_off.shape[0] - 1
     n_tok, n_seq = int(sh.ids_off[-1]), int(sh.seq_off[-1])

@@ -12,10 +12,10 @@ from packer.input import TokenizedInput, input_fingerprint
 from packer.verify.records import (
     _BLOCK_TOKENS,
     ExpectedPieces,
+    LoadedShard,
     ShardSequences,
     VerifyConfig,
     _Collector,
-    _Shard,
 )
 
 
@@ -37,7 +37,7 @@ def _expected_segments(lengths: np.ndarray, capacity: int, overflow: str) -> Exp
     return ExpectedPieces(first=first, count=count, row=row, start=start, length=length, lengths=lengths)
 
 
-def _match(seqs: ShardSequences, exp: ExpectedPieces, n_rows: int, cfg: VerifyConfig, sh: _Shard,
+def _match(seqs: ShardSequences, exp: ExpectedPieces, n_rows: int, cfg: VerifyConfig, sh: LoadedShard,
            col: _Collector) -> np.ndarray:
     """Index (int64 (n,)) of each packed sequence's expected piece, or -1 (and a coverage defect) where it has
     none."""
@@ -67,7 +67,7 @@ def _match(seqs: ShardSequences, exp: ExpectedPieces, n_rows: int, cfg: VerifyCo
     return m
 
 
-def _compare_tokens(sh: _Shard, seqs: ShardSequences, m: np.ndarray, inp: TokenizedInput, col: _Collector) -> int:
+def _compare_tokens(sh: LoadedShard, seqs: ShardSequences, m: np.ndarray, inp: TokenizedInput, col: _Collector) -> int:
     """Compare the tokens and labels of every matched sequence (``m``: :func:`_match`) of a sound pack with the
     input. Returns tokens compared."""
     sel = np.flatnonzero(seqs.good & (m >= 0))

@@ -1,11 +1,12 @@
 """The records of a verification: the checks, a defect, a check's outcome, the report, the collector the checks
 add defects to (capped at ``max_defects`` per check), and what the checks hand each other: the usable config
-(:class:`VerifyConfig`), a loaded shard (:class:`_Shard`), its sequence table (:class:`ShardSequences`, all shards'
+(:class:`VerifyConfig`), a loaded shard (:class:`LoadedShard`), its sequence table (:class:`ShardSequences`, all shards'
 in :class:`Sequences`), the pieces the input should give (:class:`ExpectedPieces`) and the running :class:`Totals`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -158,7 +159,7 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
-class _Shard:
+class LoadedShard:
     """One shard as the checks read it: the decoded table and its columns as flat numpy arrays (zero-copy views of
     the memory-mapped file). Offsets are int64 (packs + 1,) rebased to start at 0; values keep the format's dtypes.
 
@@ -182,6 +183,21 @@ class _Shard:
     seq_off: np.ndarray
     seq_index: np.ndarray
     seq_offset: np.ndarray
+
+    @cached_property
+    def pack_tokens(self) -> np.ndarray:
+        """int64 (packs,): each pack's tokens (from the ``input_ids`` offsets)."""
+        return np.diff(self.ids_off)
+
+    @cached_property
+    def pack_sequences(self) -> np.ndarray:
+        """int64 (packs,): each pack's sequences (from the ``seq_index`` offsets)."""
+        return np.diff(self.seq_off)
+
+    @cached_property
+    def pack_cu_entries(self) -> np.ndarray:
+        """int64 (packs,): each pack's ``cu_seqlens`` entries (sequences + 1 in a sound pack)."""
+        return np.diff(self.cu_off)
 
     @property
     def label_tokens(self) -> int:

@@ -8,13 +8,13 @@ import pyarrow as pa
 from packer import format as fmt
 from packer.verify.records import (
     DecodedShard,
+    LoadedShard,
     Sequences,
     ShardSequences,
     Totals,
     VerifyConfig,
     _Collector,
     _is_int,
-    _Shard,
 )
 
 
@@ -50,7 +50,7 @@ def _unreadable(e: Exception) -> str:
     return f"not a readable Arrow IPC stream ({msg})"
 
 
-def _load_shard(dec: DecodedShard, info: dict, pack_base: int, col: _Collector) -> _Shard | None:
+def _load_shard(dec: DecodedShard, info: dict, pack_base: int, col: _Collector) -> LoadedShard | None:
     """Validate a decoded shard's buffers and read its columns as flat arrays; None (and a defect) when they cannot
     be trusted: invalid buffers or nulls (``schema``), labels and input_ids of different lengths (``capacity``),
     seq_offset and seq_index of different lengths (``provenance``), seq_lengths that disagree with cu_seqlens."""
@@ -88,7 +88,7 @@ def _load_shard(dec: DecodedShard, info: dict, pack_base: int, col: _Collector) 
             col.add("cu_seqlens", f"{fmt.SEQ_LENGTHS} disagrees with {fmt.CU_SEQLENS} in pack {pack_base + p}",
                     shard=name, pack=pack_base + p)
             return None
-    return _Shard(name, pack_base, ids_off, ids, labels, cu_off, cu, seq_off, seq_index, seq_offset)
+    return LoadedShard(name, pack_base, ids_off, ids, labels, cu_off, cu, seq_off, seq_index, seq_offset)
 
 
 def _seq_lengths_disagree(table: pa.Table, cu_off: np.ndarray, cu: np.ndarray) -> int | None:
@@ -106,7 +106,7 @@ def _seq_lengths_disagree(table: pa.Table, cu_off: np.ndarray, cu: np.ndarray) -
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def _check_shard(sh: _Shard, cfg: VerifyConfig, input_rows, col: _Collector) -> ShardSequences:
+def _check_shard(sh: LoadedShard, cfg: VerifyConfig, input_rows, col: _Collector) -> ShardSequences:
     """Capacity, cu_seqlens, labels and provenance of one shard, all vectorised.
 
     Args:
@@ -121,7 +121,7 @@ def _check_shard(sh: _Shard, cfg: VerifyConfig, input_rows, col: _Collector) -> 
     over = _check_capacity(sh, packs, cfg.capacity, col)
     cu = sh.cu.astype(np.int64)
     bad_len, bad_cu = _check_cu_seqlens(sh, packs, cu, col)
-    sound = ~bad_len & ~bad_cu & (np.diff(sh.seq_off) > 0) & ~over
+    sound = ~bad_len & ~bad_cu & (sh.pack_sequences > 0) & ~over
     seqs = _sequence_table(sh, packs, cu, bad_len, sound)
     _check_sequence_starts(sh, seqs, col)
     _check_token_values(sh, cfg, packs, sound, seqs.start[seqs.good], col)
@@ -129,16 +129,16 @@ def _check_shard(sh: _Shard, cfg: VerifyConfig, input_rows, col: _Collector) -> 
     return seqs
 
 
-def _check_capacity(sh: _Shard, packs: np.ndarray, capacity: int, col: _Collector) -> np.ndarray:
+def _check_capacity(sh: LoadedShard, packs: np.ndarray, capacity: int, col: _Collector) -> np.ndarray:
     """Every pack holds 1..capacity tokens. Returns bool (packs,): the pack does not."""
-    pack_tokens = np.diff(sh.ids_off)
+    pack_tokens = sh.pack_tokens
     over = (pack_tokens == 0) | (pack_tokens > capacity)
     col.many("capacity", np.flatnonzero(over), lambda p: (
         f"{int(pack_tokens[p]):,} tokens; a pack holds 1 to {capacity:,}", {"shard": sh.name, "pack": packs[p]}))
     return over
 
 
-def _check_cu_seqlens(sh: _Shard, packs: np.ndarray, cu: np.ndarray, col: _Collector
+def _check_cu_seqlens(sh: LoadedShard, packs: np.ndarray, cu: np.ndarray, col: _Collector
                       ) -> tuple[np.ndarray, np.ndarray]:
     """cu_seqlens: one entry per sequence plus one, 0 first, strictly increasing, the pack's length last.
 
@@ -150,9 +150,7 @@ def _check_cu_seqlens(sh: _Shard, packs: np.ndarray, cu: np.ndarray, col: _Colle
         number but wrong values.
     """
     rows = packs.shape[0]
-    pack_tokens = np.diff(sh.ids_off)
-    n_seq = np.diff(sh.seq_off)
-    n_cu = np.diff(sh.cu_off)
+    pack_tokens, n_seq, n_cu = sh.pack_tokens, sh.pack_sequences, sh.pack_cu_entries
     at = lambda p: {"shard": sh.name, "pack": packs[p]}  # noqa: E731
     bad_len = n_cu != n_seq + 1
     col.many("cu_seqlens", np.flatnonzero(bad_len),
@@ -187,12 +185,11 @@ def _check_cu_seqlens(sh: _Shard, packs: np.ndarray, cu: np.ndarray, col: _Colle
     return bad_len, bad_cu
 
 
-def _sequence_table(sh: _Shard, packs: np.ndarray, cu: np.ndarray, bad_len: np.ndarray, sound: np.ndarray
+def _sequence_table(sh: LoadedShard, packs: np.ndarray, cu: np.ndarray, bad_len: np.ndarray, sound: np.ndarray
                     ) -> ShardSequences:
     """The shard's sequences; those of packs with a wrong number of cu_seqlens entries get length 0, not good."""
     rows = packs.shape[0]
-    n_seq = np.diff(sh.seq_off)
-    n_cu = np.diff(sh.cu_off)
+    n_seq, n_cu = sh.pack_sequences, sh.pack_cu_entries
     step = np.diff(cu)
     seq_pack = np.repeat(np.arange(rows, dtype=np.int64), n_seq)
     row_of_entry = np.repeat(np.arange(rows, dtype=np.int64), n_cu)
@@ -215,11 +212,11 @@ def _sequence_table(sh: _Shard, packs: np.ndarray, cu: np.ndarray, bad_len: np.n
     )
 
 
-def _seq_where(sh: _Shard, seqs: ShardSequences, k: int) -> dict:
+def _seq_where(sh: LoadedShard, seqs: ShardSequences, k: int) -> dict:
     return {"shard": sh.name, "pack": seqs.pack[k], "row": sh.seq_index[k]}
 
 
-def _check_sequence_starts(sh: _Shard, seqs: ShardSequences, col: _Collector) -> None:
+def _check_sequence_starts(sh: LoadedShard, seqs: ShardSequences, col: _Collector) -> None:
     """labels: -100 at every sequence start of a sound pack."""
     gs = np.flatnonzero(seqs.good)
     unmasked = gs[sh.labels[seqs.start[gs]] != fmt.IGNORE_INDEX]
@@ -232,7 +229,7 @@ def _check_sequence_starts(sh: _Shard, seqs: ShardSequences, col: _Collector) ->
     col.many("labels", unmasked, describe)
 
 
-def _check_provenance(sh: _Shard, seqs: ShardSequences, cfg: VerifyConfig, input_rows, col: _Collector) -> None:
+def _check_provenance(sh: LoadedShard, seqs: ShardSequences, cfg: VerifyConfig, input_rows, col: _Collector) -> None:
     """seq_index within the input's rows (when the manifest records them), seq_offset as the overflow policy makes
     it."""
     capacity = cfg.capacity
@@ -250,8 +247,8 @@ def _check_provenance(sh: _Shard, seqs: ShardSequences, cfg: VerifyConfig, input
         f"overflow {cfg.overflow} and capacity {capacity:,}", _seq_where(sh, seqs, k)))
 
 
-def _check_token_values(sh: _Shard, cfg: VerifyConfig, packs: np.ndarray, sound: np.ndarray, seq_starts: np.ndarray,
-                        col: _Collector) -> None:
+def _check_token_values(sh: LoadedShard, cfg: VerifyConfig, packs: np.ndarray, sound: np.ndarray,
+                        seq_starts: np.ndarray, col: _Collector) -> None:
     """Token ids >= 0; labels -100 or >= 0; labels equal the tokens (or -100, with a loss mask) as configured."""
     columns = cfg.columns
 
@@ -265,7 +262,7 @@ def _check_token_values(sh: _Shard, cfg: VerifyConfig, packs: np.ndarray, sound:
              lambda t: at_token(t, f"label {int(sh.labels[t])} is negative but not {fmt.IGNORE_INDEX}"))
     if columns.labels is not None:
         return  # labels came from a column: only the input can tell whether they are right
-    tok_sound = np.repeat(sound, np.diff(sh.ids_off))
+    tok_sound = np.repeat(sound, sh.pack_tokens)
     tok_sound[seq_starts] = False  # starts are checked above
     differs = sh.labels != sh.ids
     if columns.loss_mask is not None:

@@ -1,4 +1,5 @@
-"""The report's model: :class:`Report`, its padding and packing columns, warnings and notes, built from a plan.
+"""The comparison of padding and packing: :class:`Report`, its padding and packing columns, warnings and notes,
+built from a plan.
 
 :func:`build_report` takes the input rows' lengths, the sequences the packs hold and the plan's pack offsets
 (from whichever source, :mod:`packer.report.sources`) and computes every figure: the padding column from a
