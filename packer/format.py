@@ -130,9 +130,6 @@ CU_SEQLENS_PADDED = "cu_seqlens_padded"
 """The optional column of folders packed with ``--pad-to-multiple-of`` (see the module docstring)."""
 SEQ_LENGTHS = "seq_lengths"
 
-TOKEN_DTYPE = "int32"
-INDEX_DTYPE = "int64"
-
 SCHEMA = pa.schema(
     [
         pa.field(INPUT_IDS, pa.list_(pa.int32())),
@@ -414,7 +411,8 @@ def _too_deep(obj, limit: int) -> bool:
     return False
 
 
-def _is_count(x, lo: int = 0) -> bool:
+def is_count(x, lo: int = 0) -> bool:
+    """``x`` is an int (not a bool) of at least ``lo``: a count as the manifest's JSON holds it."""
     return isinstance(x, int) and not isinstance(x, bool) and x >= lo
 
 
@@ -484,7 +482,7 @@ def _config_problems(cfg, problems: list[tuple[str, str]]) -> int | None:
         problems.append((MANIFEST_CONFIG, f"config is {type(cfg).__name__}, not an object"))
         return None
     capacity = cfg.get(CONFIG_CAPACITY)
-    if not _is_count(capacity, 1) or capacity > MAX_CAPACITY:
+    if not is_count(capacity, 1) or capacity > MAX_CAPACITY:
         problems.append((MANIFEST_CONFIG, f"config.{CONFIG_CAPACITY} is {short_repr(capacity)}, not an integer in "
                          f"1..{MAX_CAPACITY:,}"))
         capacity = None
@@ -528,7 +526,7 @@ def _shards_problems(shards, problems: list[tuple[str, str]]) -> dict[str, int] 
             add(f"shard entry {i} names file {short_repr(entry.get(SHARD_FILE))}, expected {want!r} "
                 f"(shard {i} of {len(shards)})")
         for key in SHARD_COUNTS:
-            if not _is_count(entry.get(key)):
+            if not is_count(entry.get(key)):
                 add(f"shard entry {i} has {key} {short_repr(entry.get(key))}, not a non-negative integer")
                 sums = None
             elif sums is not None:
@@ -553,7 +551,7 @@ def _stats_problems(stats, capacity: int | None, sums: dict[str, int] | None,
         return
     stats_ok = True
     for key in STATS_COUNTS + STATS_OPTIONAL_COUNTS:
-        if (key in stats or key in STATS_COUNTS) and not _is_count(stats.get(key)):
+        if (key in stats or key in STATS_COUNTS) and not is_count(stats.get(key)):
             add(f"stats.{key} is {short_repr(stats.get(key))}, not a non-negative integer")
             stats_ok = False
     for key in STATS_NUMBERS + STATS_OPTIONAL_NUMBERS:

@@ -169,26 +169,6 @@ def _open_shard_fd(fd: int, st: os.stat_result, path: Path, *, rows: int | None,
                   buffer=buffer, identity=_identity(st))
 
 
-def open_shard(path: str | os.PathLike, *, rows: int | None = None, capacity: int | None = None) -> _Shard:
-    """Memory-map one shard (a regular file, not a symlink) and check its columns' offsets (and its row count,
-    when ``rows`` is given; every pack's length against ``capacity``, when given).
-
-    Raises:
-        PackerError: the file is missing, not a regular file, not an Arrow stream, truncated, lacks a column or has
-            another type, or has offsets that are out of range (the message names the row).
-    """
-    path = Path(path)
-    dfd = fmt.open_folder(path.parent)
-    try:
-        fd, st = fmt.open_regular_file(path.name, dir_fd=dfd, folder=path.parent)
-    finally:
-        os.close(dfd)
-    try:
-        return _open_shard_fd(fd, st, path, rows=rows, capacity=capacity)
-    finally:
-        os.close(fd)
-
-
 class PackedReader:
     """A packed folder, read pack by pack (see the module docstring).
 

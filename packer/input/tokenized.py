@@ -93,10 +93,6 @@ class TokenizedInput:
     def file_rows(self) -> np.ndarray:
         return np.asarray([f.rows for f in self.files], dtype=np.int64)
 
-    @property
-    def file_bytes(self) -> np.ndarray:
-        return np.asarray([f.bytes for f in self.files], dtype=np.int64)
-
     def chunk_row_starts(self) -> np.ndarray:
         """int64 (n_chunks + 1,): chunk ``c`` holds global rows ``[starts[c], starts[c + 1])``."""
         return np.append(self.batches[:, 2], self.n_rows).astype(np.int64)

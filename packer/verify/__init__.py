@@ -36,28 +36,28 @@ import numpy as np
 from packer import format as fmt
 from packer.errors import PackerError
 from packer.input import TokenizedInput, open_input, resolve_paths
-from packer.verify.against_input import _check_coverage, _check_input, _compare_tokens, _match
-from packer.verify.manifest import _check_files, _check_manifest, _check_manifest_checksum
+from packer.verify.against_input import check_coverage, check_input, compare_tokens, match_sequences
+from packer.verify.manifest import check_files, check_manifest, check_manifest_checksum
 from packer.verify.records import (
     CHECKS,
     DEFAULT_MAX_DEFECTS,
     INPUT_CHECKS,
     CheckResult,
+    Collector,
     Defect,
     LoadedShard,
     Sequences,
     Totals,
     VerifyConfig,
     VerifyReport,
-    _Collector,
 )
 from packer.verify.shards import (
-    _check_alignment,
-    _check_counts,
-    _check_shard,
-    _check_unique,
-    _decode_shard,
-    _load_shard,
+    check_alignment,
+    check_counts,
+    check_shard,
+    check_unique,
+    decode_shard,
+    load_shard,
 )
 
 __all__ = ["CHECKS", "DEFAULT_MAX_DEFECTS", "INPUT_CHECKS", "CheckResult", "Defect", "VerifyReport",
@@ -95,13 +95,13 @@ def verify_packed(
         raise PackerError(f"max_defects must be a positive integer, got {max_defects!r}")
     t0 = time.perf_counter()
     folder = Path(folder)
-    col = _Collector(max_defects)
+    col = Collector(max_defects)
     totals = Totals()
     inp = None
     if inputs is not None and not isinstance(inputs, TokenizedInput):
         inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     manifest = _read_manifest(folder, col, allow_unsealed=allow_unsealed)
-    cfg = _check_manifest(manifest, col) if manifest is not None else None
+    cfg = check_manifest(manifest, col) if manifest is not None else None
     if cfg is not None:
         inp = _open_input(inputs, cfg, col)
         _verify(folder, manifest, cfg, inp, col, totals, checksums=checksums)
@@ -119,7 +119,7 @@ def verify_packed(
     )
 
 
-def _read_manifest(folder: Path, col: _Collector, *, allow_unsealed: bool) -> dict | None:
+def _read_manifest(folder: Path, col: Collector, *, allow_unsealed: bool) -> dict | None:
     """The manifest, its own checksum checked here as a check of its own (so the other checks still run on a
     modified manifest); None (and a ``manifest`` defect) when it cannot be read at all."""
     try:
@@ -128,11 +128,11 @@ def _read_manifest(folder: Path, col: _Collector, *, allow_unsealed: bool) -> di
         col.ran.add("manifest")
         col.add("manifest", str(e))
         return None
-    _check_manifest_checksum(folder, manifest, col, allow_unsealed=allow_unsealed)
+    check_manifest_checksum(folder, manifest, col, allow_unsealed=allow_unsealed)
     return manifest
 
 
-def _open_input(inputs: TokenizedInput | list | None, cfg: VerifyConfig, col: _Collector) -> TokenizedInput | None:
+def _open_input(inputs: TokenizedInput | list | None, cfg: VerifyConfig, col: Collector) -> TokenizedInput | None:
     """The input to compare with, opened with the manifest's columns; None without one, or (with an ``input``
     defect) when it does not match them or is damaged.
 
@@ -150,7 +150,7 @@ def _open_input(inputs: TokenizedInput | list | None, cfg: VerifyConfig, col: _C
         return None
 
 
-def _results(col: _Collector, *, inputs_given: bool, checksums: bool, manifest_read: bool
+def _results(col: Collector, *, inputs_given: bool, checksums: bool, manifest_read: bool
              ) -> tuple[CheckResult, ...]:
     """One :class:`CheckResult` per entry of :data:`CHECKS`, in its order, from what the checks collected."""
     checks = []
@@ -209,7 +209,7 @@ def reseal_manifest(folder: str | os.PathLike, *, inputs=None, max_defects: int 
     return report, True
 
 
-def _verify(folder: Path, manifest: dict, cfg: VerifyConfig, inp: TokenizedInput | None, col: _Collector,
+def _verify(folder: Path, manifest: dict, cfg: VerifyConfig, inp: TokenizedInput | None, col: Collector,
             totals: Totals, *, checksums: bool) -> None:
     """Every check after the manifest's: files, input, then shard by shard (decoded once) the shard checks and the
     comparison with the input, then the checks over all shards."""
@@ -217,8 +217,8 @@ def _verify(folder: Path, manifest: dict, cfg: VerifyConfig, inp: TokenizedInput
     capacity, overflow = cfg.capacity, cfg.overflow
     input_rows = manifest.get(fmt.MANIFEST_INPUT, {}).get("rows") if isinstance(
         manifest.get(fmt.MANIFEST_INPUT), dict) else None
-    present = _check_files(folder, shards, col, checksums=checksums)
-    exp = _check_input(manifest, cfg, inp, col) if inp is not None else None
+    present = check_files(folder, shards, col, checksums=checksums)
+    exp = check_input(manifest, cfg, inp, col) if inp is not None else None
 
     col.ran.add("schema")
     parts: list[Sequences] = []
@@ -228,19 +228,19 @@ def _verify(folder: Path, manifest: dict, cfg: VerifyConfig, inp: TokenizedInput
     all_loaded = True
     decoded = []
     for info, data in zip(shards, present):
-        dec = _decode_shard(data, info["file"], col) if data is not None else None
+        dec = decode_shard(data, info["file"], col) if data is not None else None
         decoded.append(dec)
-        sh = _load_shard(dec, info, pack_base, col) if dec is not None else None
+        sh = load_shard(dec, info, pack_base, col) if dec is not None else None
         if sh is None:
             all_loaded = False
             pack_base += info["rows"]
             continue
-        seqs = _check_shard(sh, cfg, input_rows, col)
+        seqs = check_shard(sh, cfg, input_rows, col)
         _count_shard(sh, info, totals, col)
         if exp is not None:
-            m = _match(seqs, exp, inp.n_rows, cfg, sh, col)
+            m = match_sequences(seqs, exp, inp.n_rows, cfg, sh, col)
             matched.append(m)
-            compared += _compare_tokens(sh, seqs, m, inp, col)
+            compared += compare_tokens(sh, seqs, m, inp, col)
         parts.append(seqs.without_start())
         pack_base += sh.ids_off.shape[0] - 1
         log.debug("verified %s", sh.name)
@@ -248,22 +248,22 @@ def _verify(folder: Path, manifest: dict, cfg: VerifyConfig, inp: TokenizedInput
     col.detail["capacity"] = f"{totals.packs:,} packs of 1 to {capacity:,} tokens"
     col.detail["cu_seqlens"] = f"{totals.packs:,} packs, {totals.sequences:,} sequence boundaries sound"
     col.detail["labels"] = f"{totals.sequences:,} sequence starts masked, label values consistent"
-    _check_alignment(manifest[fmt.MANIFEST_STATS], cfg, decoded, col, complete=all(present))
+    check_alignment(manifest[fmt.MANIFEST_STATS], cfg, decoded, col, complete=all(present))
     if not parts:
         return
     seq = Sequences.concat(parts)
-    _check_unique(seq, capacity, overflow, col)
+    check_unique(seq, capacity, overflow, col)
     col.detail["provenance"] = (f"{totals.sequences:,} (row, offset) pairs valid and distinct"
                                 + (", split chunks contiguous" if overflow == "split" else ""))
     if all_loaded:
-        _check_counts(manifest[fmt.MANIFEST_STATS], seq, totals, col)
+        check_counts(manifest[fmt.MANIFEST_STATS], seq, totals, col)
     if exp is not None:
-        _check_coverage(exp, np.concatenate(matched), inp, cfg, col, complete=all_loaded)
+        check_coverage(exp, np.concatenate(matched), inp, cfg, col, complete=all_loaded)
         col.ran.add("tokens")
         col.detail["tokens"] = f"{compared:,} tokens and labels identical to the input's"
 
 
-def _count_shard(sh: LoadedShard, info: dict, totals: Totals, col: _Collector) -> None:
+def _count_shard(sh: LoadedShard, info: dict, totals: Totals, col: Collector) -> None:
     """The shard's rows, tokens and sequences against its manifest entry; added to ``totals``."""
     rows = sh.ids_off.shape[0] - 1
     n_tok, n_seq = int(sh.ids_off[-1]), int(sh.seq_off[-1])

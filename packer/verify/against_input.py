@@ -10,12 +10,12 @@ import numpy as np
 from packer import format as fmt
 from packer.input import TokenizedInput, input_fingerprint
 from packer.verify.records import (
-    _BLOCK_TOKENS,
+    BLOCK_TOKENS,
+    Collector,
     ExpectedPieces,
     LoadedShard,
     ShardSequences,
     VerifyConfig,
-    _Collector,
 )
 
 
@@ -37,8 +37,8 @@ def _expected_segments(lengths: np.ndarray, capacity: int, overflow: str) -> Exp
     return ExpectedPieces(first=first, count=count, row=row, start=start, length=length, lengths=lengths)
 
 
-def _match(seqs: ShardSequences, exp: ExpectedPieces, n_rows: int, cfg: VerifyConfig, sh: LoadedShard,
-           col: _Collector) -> np.ndarray:
+def match_sequences(seqs: ShardSequences, exp: ExpectedPieces, n_rows: int, cfg: VerifyConfig, sh: LoadedShard,
+           col: Collector) -> np.ndarray:
     """Index (int64 (n,)) of each packed sequence's expected piece, or -1 (and a coverage defect) where it has
     none."""
     capacity = cfg.capacity
@@ -67,8 +67,8 @@ def _match(seqs: ShardSequences, exp: ExpectedPieces, n_rows: int, cfg: VerifyCo
     return m
 
 
-def _compare_tokens(sh: LoadedShard, seqs: ShardSequences, m: np.ndarray, inp: TokenizedInput, col: _Collector) -> int:
-    """Compare the tokens and labels of every matched sequence (``m``: :func:`_match`) of a sound pack with the
+def compare_tokens(sh: LoadedShard, seqs: ShardSequences, m: np.ndarray, inp: TokenizedInput, col: Collector) -> int:
+    """Compare the tokens and labels of every matched sequence (``m``: :func:`match_sequences`) of a sound pack with the
     input. Returns tokens compared."""
     sel = np.flatnonzero(seqs.good & (m >= 0))
     if not sel.shape[0]:
@@ -83,7 +83,7 @@ def _compare_tokens(sh: LoadedShard, seqs: ShardSequences, m: np.ndarray, inp: T
         idx = np.flatnonzero(chunk_of == c) if len(inp.chunks) > 1 else np.arange(sel.shape[0])
         src0 = chunk.offsets[row[idx] - chunk.row_start] + off[idx]
         cum = np.cumsum(n[idx])
-        cuts = np.searchsorted(cum, np.arange(_BLOCK_TOKENS, int(cum[-1]), _BLOCK_TOKENS), side="left") + 1
+        cuts = np.searchsorted(cum, np.arange(BLOCK_TOKENS, int(cum[-1]), BLOCK_TOKENS), side="left") + 1
         for j0, j1 in zip(np.r_[0, cuts], np.r_[cuts, idx.shape[0]]):
             if j0 >= j1:
                 continue
@@ -127,7 +127,7 @@ def _compare_tokens(sh: LoadedShard, seqs: ShardSequences, m: np.ndarray, inp: T
     return compared
 
 
-def _check_input(manifest: dict, cfg: VerifyConfig, inp: TokenizedInput, col: _Collector) -> ExpectedPieces:
+def check_input(manifest: dict, cfg: VerifyConfig, inp: TokenizedInput, col: Collector) -> ExpectedPieces:
     """Input rows and fingerprint against the manifest, and the statistics recomputed from the input. Returns the
     pieces the input should give, with the recomputed statistics."""
 
@@ -175,8 +175,8 @@ def _check_input(manifest: dict, cfg: VerifyConfig, inp: TokenizedInput, col: _C
     return replace(exp, recomputed=recomputed)
 
 
-def _check_coverage(exp: ExpectedPieces, matched: np.ndarray, inp: TokenizedInput, cfg: VerifyConfig,
-                    col: _Collector, *, complete: bool) -> None:
+def check_coverage(exp: ExpectedPieces, matched: np.ndarray, inp: TokenizedInput, cfg: VerifyConfig,
+                    col: Collector, *, complete: bool) -> None:
     """Every expected piece in exactly one pack (``matched``: int64, each packed sequence's piece or -1); a piece in
     none is reported only when every shard was read (``complete``)."""
     hits = np.bincount(matched[matched >= 0], minlength=exp.row.shape[0])

@@ -13,10 +13,10 @@ from packer import format as fmt
 from packer.errors import PackerError
 from packer.plan import OVERFLOW_POLICIES
 from packer.input import Columns
-from packer.verify.records import VerifyConfig, _Collector
+from packer.verify.records import VerifyConfig, Collector
 
 
-def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector, *, allow_unsealed: bool) -> None:
+def check_manifest_checksum(folder: Path, manifest: dict, col: Collector, *, allow_unsealed: bool) -> None:
     """The manifest's own checksum; a manifest without one (an older packer's, or a deleted key) is a defect unless
     ``allow_unsealed``, then a note."""
     try:
@@ -43,7 +43,7 @@ def _check_manifest_checksum(folder: Path, manifest: dict, col: _Collector, *, a
                 f"'packer verify {folder} --reseal' adds one, or pass --allow-unsealed to accept it as it is")
 
 
-def _check_manifest(manifest: dict, col: _Collector) -> VerifyConfig | None:
+def check_manifest(manifest: dict, col: Collector) -> VerifyConfig | None:
     """Validate the manifest's fields (:func:`packer.format.manifest_field_problems`, and the config's overflow
     policy and columns); return the usable config or None when the config or the shard list cannot be used.
     Problems of ``stats`` alone are defects, and the shards are still checked; a bad ``config.pad_to_multiple_of``
@@ -86,7 +86,7 @@ def _check_manifest(manifest: dict, col: _Collector) -> VerifyConfig | None:
                         pad_problem=pad_problem)
 
 
-def _check_files(folder: Path, shards: list[dict], col: _Collector, *, checksums: bool) -> list:
+def check_files(folder: Path, shards: list[dict], col: Collector, *, checksums: bool) -> list:
     """Presence, file types, sizes, checksums, unlisted files, state.json. Returns, per shard, its memory-mapped
     bytes (what the other checks parse, so they read the file that was hashed) or None when it cannot be read.
 

@@ -48,7 +48,7 @@ DEFAULT_MAX_DEFECTS = 20
 _NAME_WIDTH = max(map(len, CHECKS))
 
 
-_BLOCK_TOKENS = 1 << 22  # token comparisons run in blocks of 4M tokens: 3 int64 temporaries of 32 MB each
+BLOCK_TOKENS = 1 << 22  # token comparisons run in blocks of 4M tokens: 3 int64 temporaries of 32 MB each
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,16 @@ class Totals:
     label_tokens: int = 0
 
 
-class _Collector:
+class Collector:
+    """What the checks add their defects to: every defect counted, the first ``max_defects`` of each check kept.
+
+    Attributes:
+        defects: check name -> the defects kept (at most ``max``).
+        counts: check name -> every defect found, kept or not.
+        detail: check name -> the text of its ok line (what was checked), or why it was skipped.
+        ran: the checks that ran (the rest are reported as skipped).
+    """
+
     def __init__(self, max_defects: int):
         self.max = max_defects
         self.defects: dict[str, list[Defect]] = {name: [] for name in CHECKS}
@@ -309,12 +318,14 @@ class _Collector:
         self.ran: set[str] = set()
 
     def add(self, check: str, message: str, *, shard=None, pack=None, row=None) -> None:
+        """Count one defect of ``check``; keep it while the check has room."""
         self.counts[check] += 1
         if len(self.defects[check]) < self.max:
             self.defects[check].append(Defect(check, message, shard, None if pack is None else int(pack),
                                               None if row is None else int(row)))
 
     def room(self, check: str) -> int:
+        """How many more defects of ``check`` would be kept."""
         return self.max - len(self.defects[check])
 
     def many(self, check: str, where: np.ndarray, describe) -> None:
@@ -327,6 +338,3 @@ class _Collector:
             self.add(check, message, **kw)
         self.counts[check] += n - listed
 
-
-def _is_int(x, lo=0) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= lo

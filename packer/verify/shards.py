@@ -7,14 +7,13 @@ import pyarrow as pa
 
 from packer import format as fmt
 from packer.verify.records import (
+    Collector,
     DecodedShard,
     LoadedShard,
     Sequences,
     ShardSequences,
     Totals,
     VerifyConfig,
-    _Collector,
-    _is_int,
 )
 
 
@@ -30,7 +29,7 @@ def _flat(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return offsets - base, values[base : int(offsets[-1])]
 
 
-def _decode_shard(data: pa.Buffer, name: str, col: _Collector) -> DecodedShard | None:
+def decode_shard(data: pa.Buffer, name: str, col: Collector) -> DecodedShard | None:
     """Decode a shard's bytes as an Arrow stream with one of the format's schemas, once for every check; None (and a
     ``schema`` defect) when it is not one."""
     try:
@@ -50,7 +49,7 @@ def _unreadable(e: Exception) -> str:
     return f"not a readable Arrow IPC stream ({msg})"
 
 
-def _load_shard(dec: DecodedShard, info: dict, pack_base: int, col: _Collector) -> LoadedShard | None:
+def load_shard(dec: DecodedShard, info: dict, pack_base: int, col: Collector) -> LoadedShard | None:
     """Validate a decoded shard's buffers and read its columns as flat arrays; None (and a defect) when they cannot
     be trusted: invalid buffers or nulls (``schema``), labels and input_ids of different lengths (``capacity``),
     seq_offset and seq_index of different lengths (``provenance``), seq_lengths that disagree with cu_seqlens."""
@@ -94,7 +93,7 @@ def _load_shard(dec: DecodedShard, info: dict, pack_base: int, col: _Collector) 
 def _seq_lengths_disagree(table: pa.Table, cu_off: np.ndarray, cu: np.ndarray) -> int | None:
     """The first pack (within the shard) whose ``seq_lengths`` are not the steps of its ``cu_seqlens``, or None."""
     sl_off, seq_lengths = _flat(table, fmt.SEQ_LENGTHS)
-    n_seq = np.diff(cu_off) - 1  # -1 for an empty cu_seqlens list, which _check_shard reports too
+    n_seq = np.diff(cu_off) - 1  # -1 for an empty cu_seqlens list, which check_shard reports too
     bad = np.diff(sl_off) != n_seq
     if not bad.any():  # one length per sequence in every pack: compare the values
         real = np.ones(cu.shape[0], dtype=bool)
@@ -106,7 +105,7 @@ def _seq_lengths_disagree(table: pa.Table, cu_off: np.ndarray, cu: np.ndarray) -
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def _check_shard(sh: LoadedShard, cfg: VerifyConfig, input_rows, col: _Collector) -> ShardSequences:
+def check_shard(sh: LoadedShard, cfg: VerifyConfig, input_rows, col: Collector) -> ShardSequences:
     """Capacity, cu_seqlens, labels and provenance of one shard, all vectorised.
 
     Args:
@@ -129,7 +128,7 @@ def _check_shard(sh: LoadedShard, cfg: VerifyConfig, input_rows, col: _Collector
     return seqs
 
 
-def _check_capacity(sh: LoadedShard, packs: np.ndarray, capacity: int, col: _Collector) -> np.ndarray:
+def _check_capacity(sh: LoadedShard, packs: np.ndarray, capacity: int, col: Collector) -> np.ndarray:
     """Every pack holds 1..capacity tokens. Returns bool (packs,): the pack does not."""
     pack_tokens = sh.pack_tokens
     over = (pack_tokens == 0) | (pack_tokens > capacity)
@@ -138,7 +137,7 @@ def _check_capacity(sh: LoadedShard, packs: np.ndarray, capacity: int, col: _Col
     return over
 
 
-def _check_cu_seqlens(sh: LoadedShard, packs: np.ndarray, cu: np.ndarray, col: _Collector
+def _check_cu_seqlens(sh: LoadedShard, packs: np.ndarray, cu: np.ndarray, col: Collector
                       ) -> tuple[np.ndarray, np.ndarray]:
     """cu_seqlens: one entry per sequence plus one, 0 first, strictly increasing, the pack's length last.
 
@@ -216,7 +215,7 @@ def _seq_where(sh: LoadedShard, seqs: ShardSequences, k: int) -> dict:
     return {"shard": sh.name, "pack": seqs.pack[k], "row": sh.seq_index[k]}
 
 
-def _check_sequence_starts(sh: LoadedShard, seqs: ShardSequences, col: _Collector) -> None:
+def _check_sequence_starts(sh: LoadedShard, seqs: ShardSequences, col: Collector) -> None:
     """labels: -100 at every sequence start of a sound pack."""
     gs = np.flatnonzero(seqs.good)
     unmasked = gs[sh.labels[seqs.start[gs]] != fmt.IGNORE_INDEX]
@@ -229,12 +228,12 @@ def _check_sequence_starts(sh: LoadedShard, seqs: ShardSequences, col: _Collecto
     col.many("labels", unmasked, describe)
 
 
-def _check_provenance(sh: LoadedShard, seqs: ShardSequences, cfg: VerifyConfig, input_rows, col: _Collector) -> None:
+def _check_provenance(sh: LoadedShard, seqs: ShardSequences, cfg: VerifyConfig, input_rows, col: Collector) -> None:
     """seq_index within the input's rows (when the manifest records them), seq_offset as the overflow policy makes
     it."""
     capacity = cfg.capacity
     bad_row = sh.seq_index < 0
-    if _is_int(input_rows):
+    if fmt.is_count(input_rows):
         bad_row |= sh.seq_index >= input_rows
     if cfg.overflow == "split":
         bad_off = (sh.seq_offset < 0) | (sh.seq_offset % capacity != 0)
@@ -248,7 +247,7 @@ def _check_provenance(sh: LoadedShard, seqs: ShardSequences, cfg: VerifyConfig, 
 
 
 def _check_token_values(sh: LoadedShard, cfg: VerifyConfig, packs: np.ndarray, sound: np.ndarray,
-                        seq_starts: np.ndarray, col: _Collector) -> None:
+                        seq_starts: np.ndarray, col: Collector) -> None:
     """Token ids >= 0; labels -100 or >= 0; labels equal the tokens (or -100, with a loss mask) as configured."""
     columns = cfg.columns
 
@@ -274,7 +273,7 @@ def _check_token_values(sh: LoadedShard, cfg: VerifyConfig, packs: np.ndarray, s
         t, f"label {int(sh.labels[t])} for token id {int(sh.ids[t])}: {rule}"))
 
 
-def _check_unique(seq: Sequences, capacity: int, overflow: str, col: _Collector) -> None:
+def check_unique(seq: Sequences, capacity: int, overflow: str, col: Collector) -> None:
     """No (row, offset) packed twice; with ``split``, each row's chunks contiguous and full but the last."""
     order = np.lexsort((seq.offset, seq.row))
     row, off = seq.row[order], seq.offset[order]
@@ -303,7 +302,7 @@ def _check_unique(seq: Sequences, capacity: int, overflow: str, col: _Collector)
         {"pack": seq.pack[order[i]], "row": row[i]}))
 
 
-def _check_counts(stats: dict, seq: Sequences, totals: Totals, col: _Collector) -> None:
+def check_counts(stats: dict, seq: Sequences, totals: Totals, col: Collector) -> None:
     """The shards' totals against the manifest's ``stats``, and the stats' own sums against them."""
     col.ran.add("counts")
     rows_out = int(np.unique(seq.row).shape[0])
@@ -332,7 +331,7 @@ def _check_counts(stats: dict, seq: Sequences, totals: Totals, col: _Collector) 
                             f"tokens, {totals.label_tokens:,} label tokens agree with the manifest")
 
 
-def _check_alignment(stats: dict, cfg: VerifyConfig, decoded: list[DecodedShard | None], col: _Collector, *,
+def check_alignment(stats: dict, cfg: VerifyConfig, decoded: list[DecodedShard | None], col: Collector, *,
                      complete: bool) -> None:
     """The ``alignment`` check (``--pad-to-multiple-of``): config, column presence, padded spans, statistics.
 
@@ -369,7 +368,7 @@ def _check_alignment(stats: dict, cfg: VerifyConfig, decoded: list[DecodedShard 
                                f"alignment padding tokens, every padded pack within {capacity:,}")
 
 
-def _check_padded_spans(dec: DecodedShard, multiple: int | None, capacity: int, base: int, col: _Collector
+def _check_padded_spans(dec: DecodedShard, multiple: int | None, capacity: int, base: int, col: Collector
                         ) -> tuple[int, int, int] | None:
     """One shard's ``cu_seqlens_padded``: present exactly when the config has N, as many entries as ``cu_seqlens``,
     0 first, each span its sequence's length rounded up to a multiple of N, every padded pack within the capacity
