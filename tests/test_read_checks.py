@@ -360,30 +360,38 @@ def test_dataloader_workers_after_overwrite(tmp_path, versions):
 
 
 _OVERWRITER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from packer.convert import PackConfig, pack_dataset
-    srcs, out, times = sys.argv[1:3], sys.argv[3], int(sys.argv[4])
-    end, k = time.monotonic() + 20, 0
-    while k < times and time.monotonic() < end:
+    srcs, out, stop, count = sys.argv[1:3], sys.argv[3], sys.argv[4], sys.argv[5]
+    end, k = time.monotonic() + 60, 0
+    while not os.path.exists(stop) and time.monotonic() < end:
         pack_dataset([srcs[k % 2]], out, config=PackConfig(capacity=64, shard_size=4), progress=False,
                      overwrite=True)
         k += 1
+        with open(count + ".tmp", "w") as f:
+            f.write(str(k))
+        os.replace(count + ".tmp", count)
     print(k)
 """)
 
 
 def test_readers_racing_overwrites_read_one_version(tmp_path, versions):
-    """While another process replaces the folder with --overwrite 10 times, every reader that opens
+    """While another process replaces the folder with --overwrite again and again, every reader that opens
     reads exactly one version's packs (the one its manifest names), and its pickled copy (a spawn worker) reads the
-    same packs or refuses; never packs of the other version."""
+    same packs or refuses; never packs of the other version. The race runs until this side has opened the folder
+    5 times and the other has replaced it 4 times, however the two processes' speeds compare."""
     srcs, refs = versions
     out = _pack(srcs[0], tmp_path / "out")
-    proc = subprocess.Popen([sys.executable, "-c", _OVERWRITER, str(srcs[0]), str(srcs[1]), str(out), "10"],
+    _read_all(PackedReader(out))  # compile the kernels before the race
+    stop, count = tmp_path / "stop", tmp_path / "overwrites"
+    proc = subprocess.Popen([sys.executable, "-c", _OVERWRITER, str(srcs[0]), str(srcs[1]), str(out), str(stop),
+                             str(count)],
                             cwd=REPO, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     opened = refused = worker_refused = 0
     seen = set()
     deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
+    overwrites = lambda: int(count.read_text()) if count.exists() else 0  # noqa: E731
+    while proc.poll() is None and time.monotonic() < deadline and (opened < 5 or overwrites() < 4):
         try:
             r = PackedReader(out)
             got = _read_all(r)
@@ -401,6 +409,7 @@ def test_readers_racing_overwrites_read_one_version(tmp_path, versions):
         except PackerError as e:
             assert "reopen the dataset" in str(e)
             worker_refused += 1
+    stop.touch()
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-2000:]
     assert int(stdout.split()[-1]) >= 4, stdout  # the folder was replaced while we read
