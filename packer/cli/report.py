@@ -19,8 +19,9 @@ import logging
 
 from packer import format as fmt
 from packer.errors import PackerError
-from packer.plan import DEFAULT_OVERFLOW, DEFAULT_STRATEGY, DEFAULT_FILLER, OVERFLOW_POLICIES, STRATEGIES
 from packer.input import Columns
+from packer.plan import DEFAULT_FILLER, DEFAULT_OVERFLOW, DEFAULT_STRATEGY, OVERFLOW_POLICIES, STRATEGIES
+from packer.plot import check_plot_path, plot_report, require_matplotlib
 from packer.report import (
     REFERENCE_EFFECTIVE_BATCH,
     REFERENCE_EPOCHS,
@@ -158,8 +159,6 @@ def run(args: argparse.Namespace) -> int:
     setup = _setup(args)
     model = _model(args)
     if args.plot:
-        from packer.plot import check_plot_path, require_matplotlib
-
         require_matplotlib()  # fail before the work, not after it
         check_plot_path(args.plot)
     packed = [p for p in args.inputs if is_packed_folder(p)]
@@ -189,7 +188,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render_markdown(report, config_format=args.config_format), end="")
     if args.plot:
-        from packer.plot import plot_report
-
         plot_report(report, args.plot)
     return 0
