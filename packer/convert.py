@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -191,9 +193,6 @@ def _staging_for(output: str, engine: str) -> str:
     folder (``TMPDIR``), so that the shard jobs memory-map local copies instead of reading the inputs remotely once
     per shard.
     """
-    import tempfile
-    import uuid
-
     if is_uri(output) and not filesystem(output)[2] and engine != "ray":
         parent, name = tempfile.gettempdir(), output.rstrip("/").rsplit("/", 1)[-1]
     else:

@@ -97,6 +97,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from packer.errors import PackerError
 from packer.plan import MAX_CAPACITY as PLAN_MAX_CAPACITY
@@ -181,8 +182,6 @@ _HASH_BLOCK = 16 << 20
 
 def new_checksum():
     """A fresh hasher of :data:`CHECKSUM` (``update(bytes)``, ``hexdigest()``)."""
-    import xxhash
-
     return xxhash.xxh3_128()
 
 

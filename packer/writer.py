@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from packer import format as fmt
 from packer.errors import PackerError
@@ -333,8 +334,6 @@ class PackedWriter:
         return self
 
     def _enter_remote(self) -> "PackedWriter":
-        import pyarrow.fs as pafs
-
         fs, inner, _ = filesystem(self.output)
         if fs.get_file_info(inner).type != pafs.FileType.NotFound:
             if not self.overwrite:
