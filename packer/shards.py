@@ -2,6 +2,9 @@
 
 Below :mod:`packer.jobs` (which describes and runs shard jobs) and :mod:`packer.engines` (which runs them in
 threads, processes or Ray tasks); it knows nothing of plans, only of the sequences a shard holds, pack by pack.
+
+The gather is also where the input's token values are checked (the scan reads only lengths): ids non-negative and
+within int32, labels -100 or non-negative, a loss mask 0 or 1; the error names the file, column and row.
 """
 from __future__ import annotations
 

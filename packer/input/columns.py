@@ -1,10 +1,13 @@
-"""Which input columns to read, and the checks of their types and values.
+"""Which input columns to read, and the checks of their types, shapes and nulls.
 
 :class:`Columns` names them; :func:`resolve_columns` decides them once over the schemas of all files before any row
 is read: the ``labels`` or ``loss_mask`` column if every file has it (:data:`DETECT`), refused if only some do; a
 packed shard or text where tokens are expected is refused (:func:`text_input_hint`). Every record batch read is
 checked (:func:`check_batch`: offsets, nulls, equal lengths; :func:`check_padding`: an ``attention_mask`` with
 zeros means padded rows, refused), and its item buffers are read as numpy views (:func:`numpy_values`).
+
+The scan reads no token, so the ranges of the token values (ids non-negative and within int32, labels -100 or
+non-negative, a loss mask 0 or 1) are checked where the tokens are gathered: :meth:`packer.shards.Gatherer.gather`.
 """
 from __future__ import annotations
 
