@@ -166,16 +166,18 @@ def _already_packed(output, config: PackConfig, fingerprint: str) -> dict | None
     return manifest
 
 
-def _verify_or_raise(folder, inp: TokenizedInput | list[str], *, published: bool = False) -> None:
-    report = verify_packed(folder, inputs=inp)
+def _verify_or_raise(folder, inp: TokenizedInput | list[str], *, output: str, published: bool = False) -> None:
+    """Verify ``folder`` against the input (``pack_dataset(verify=True)``); its report and errors name ``output``,
+    the name the folder has or is about to take (not the temporary folder it is checked in)."""
+    report = replace(verify_packed(folder, inputs=inp), folder=output)
     if report.ok:
         log.info("%s", report.summary())
         return
     log.error("%s", report.format())
     if published:
-        raise PackerError(f"{folder}: verification failed with {report.n_defects} defect(s) (listed above); "
+        raise PackerError(f"{output}: verification failed with {report.n_defects} defect(s) (listed above); "
                           "re-pack with --overwrite")
-    raise PackerError(f"{folder}: verification failed with {report.n_defects} defect(s) (listed above), so the "
+    raise PackerError(f"{output}: verification failed with {report.n_defects} defect(s) (listed above), so the "
                       "output was not written; this is a bug in packer, please report it")
 
 
@@ -361,7 +363,7 @@ def pack_dataset(
         verify_inputs = _verify_inputs(output, scan, verify=verify)
         if not overwrite and (done := _already_packed(output, scan.config, scan.fingerprint)) is not None:
             if verify:
-                _verify_or_raise(output, verify_inputs, published=True)
+                _verify_or_raise(output, verify_inputs, output=output, published=True)
             return done
         t = time.perf_counter()
         segments, plan, plan_info = _checked_plan(scan.catalog, scan.config)
@@ -377,8 +379,8 @@ def pack_dataset(
             manifest = _manifest(scan, segments, stats, timings=timings, totals=totals, tokens=plan.tokens,
                                  engine=engine, output_bytes=sum(s.bytes for s in writer.shards))
             # seal the manifest and give the folder its name; a failed verification (verify=True) leaves no output
-            manifest = writer.finish(
-                manifest, before_publish=(lambda tmp: _verify_or_raise(tmp, verify_inputs)) if verify else None)
+            check = (lambda tmp: _verify_or_raise(tmp, verify_inputs, output=output)) if verify else None
+            manifest = writer.finish(manifest, before_publish=check)
     finally:
         _remove(staging)
     log.info("%s", summary_line(manifest))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -196,7 +198,7 @@ def test_cli_exit_codes(packed, capsys):
     assert main(["verify", str(out.parent / "nothing-here")]) == 1  # not a packed folder: reported, not raised
 
 
-def test_pack_verify_flag_catches_a_converter_bug(tmp_path, monkeypatch):
+def test_pack_verify_flag_catches_a_converter_bug(tmp_path, monkeypatch, caplog):
     src = write_stream(rows_table([5, 9, 3, 7, 2], labels=True), tmp_path / "in.arrow")
     real = jobs.build_shard
 
@@ -208,12 +210,15 @@ def test_pack_verify_flag_catches_a_converter_bug(tmp_path, monkeypatch):
 
     monkeypatch.setattr(jobs, "build_shard", buggy)
     cfg = PackConfig(capacity=16, columns=Columns(labels="labels"))
-    with pytest.raises(PackerError, match="verification failed"):
+    # the messages name the output, not the temporary folder the check ran in
+    with pytest.raises(PackerError, match=re.escape(f"{tmp_path / 'out'}: verification failed")):
         pack_dataset(src, tmp_path / "out", config=cfg, progress=False, verify=True)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(fmt.TMP_DIR_PREFIX)]
     monkeypatch.undo()
-    pack_dataset(src, tmp_path / "out", config=cfg, progress=False, verify=True)
+    with caplog.at_level(logging.INFO, logger="packer.convert"):
+        pack_dataset(src, tmp_path / "out", config=cfg, progress=False, verify=True)
+    assert f"verify {tmp_path / 'out'}: OK" in caplog.text
     assert verify_packed(tmp_path / "out", inputs=[src]).ok
 
 
