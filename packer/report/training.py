@@ -15,7 +15,7 @@ import numpy as np
 from packer.errors import PackerError
 from packer.stats import LOSS_WARNING
 
-# The reference run's setup (the hand-made training plan docs/report.md starts from); the CLI's defaults.
+# The reference run's setup (the hand-written comparison docs/report.md starts from); the CLI's defaults.
 REFERENCE_NUM_GPUS = 4
 REFERENCE_EFFECTIVE_BATCH = 128
 REFERENCE_EPOCHS = 4
