@@ -44,6 +44,9 @@ Modules, each importing only those above it (``render`` reads the comparison onl
   :func:`report_from_input`, :func:`recover_lengths`.
 * :mod:`packer.report.render`: Markdown, JSON and the configuration blocks.
 
+A new row of the table takes four places: its value in ``comparison._padding_column`` and ``_packing_column``, its
+Notes cell in ``comparison._notes``, and its name and label in ``render.ROW_ORDER`` and ``render.ROW_LABELS``.
+
 Example:
     >>> import numpy as np
     >>> from packer.report import TrainingSetup, report_from_lengths

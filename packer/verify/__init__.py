@@ -21,6 +21,10 @@ The checks are split by what they read: :mod:`packer.verify.manifest` (the manif
 input); :mod:`packer.verify.records` holds the report and its defects, and the typed records the checks hand each
 other (:class:`~packer.verify.records.VerifyConfig`, the loaded shard, :class:`~packer.verify.records.Sequences`,
 :class:`~packer.verify.records.ExpectedPieces`, :class:`~packer.verify.records.Totals`).
+
+A new check: its name and description in :data:`CHECKS` (their order is the report's; also in
+:data:`INPUT_CHECKS` if it needs the input), a ``check_*`` function in the module of what it reads, adding its
+defects to the :class:`~packer.verify.records.Collector`, and its call in ``_verify``.
 """
 from __future__ import annotations
 
