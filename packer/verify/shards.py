@@ -402,14 +402,16 @@ def _check_padded_spans(dec: DecodedShard, multiple: int | None, capacity: int, 
         return None
     rows = cu_off.shape[0] - 1
     at = lambda p: {"shard": name, "pack": base + int(p)}  # noqa: E731
-    differ = np.diff(pad_off) != np.diff(cu_off)
+    n_cu = np.diff(cu_off)
+    differ = np.diff(pad_off) != n_cu
     col.many("alignment", np.flatnonzero(differ), lambda p: (
         f"{int(pad_off[p + 1] - pad_off[p])} {fmt.CU_SEQLENS_PADDED} entries for {int(cu_off[p + 1] - cu_off[p])} "
         f"{fmt.CU_SEQLENS} entries", at(p)))
     if differ.any():
         return rows, 0, 0
     cu64, pad64 = cu.astype(np.int64), pad.astype(np.int64)
-    firsts = cu_off[:-1][np.diff(cu_off) > 0]
+    firsts = cu_off[:-1][n_cu > 0]
+    last_entries = cu_off[1:][n_cu > 0] - 1
     # per entry step within its pack (the step across two packs' lists is not a sequence)
     real = np.diff(cu64)
     span = np.diff(pad64)
@@ -425,8 +427,8 @@ def _check_padded_spans(dec: DecodedShard, multiple: int | None, capacity: int, 
         f"sequence {int(e - cu_off[np.searchsorted(cu_off, e, side='right') - 1])} of the pack has "
         f"{int(real[e]):,} tokens and a padded span of {int(span[e]):,}, not {int(want_span[e]):,} (its length "
         f"rounded up to a multiple of {multiple})", at(np.searchsorted(cu_off, e, side="right") - 1)))
-    lasts = pad64[cu_off[1:][np.diff(cu_off) > 0] - 1]
+    lasts = pad64[last_entries]
     over = np.flatnonzero(lasts > capacity)
     col.many("alignment", over, lambda p: (
         f"the padded pack has {int(lasts[p]):,} tokens, more than the capacity {capacity:,}", at(p)))
-    return rows, int(lasts.sum()), int(cu64[cu_off[1:][np.diff(cu_off) > 0] - 1].sum())
+    return rows, int(lasts.sum()), int(cu64[last_entries].sum())
