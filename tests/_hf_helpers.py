@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from tests._torch_helpers import IGNORE
 
 
 def tiny_llama(vocab_size: int, attn_implementation: str, *, seed: int = 0, use_cache: bool = True):

@@ -17,8 +17,15 @@ pytest.importorskip("accelerate", reason="Trainer needs accelerate: pip install 
 
 from packer.errors import PackerError  # noqa: E402
 from packer.torch import PackedCollator, PackedDataset, PackSampler  # noqa: E402
-from tests._hf_helpers import IGNORE, separate_logits, separate_loss_sum  # noqa: E402
-from tests._torch_helpers import REPO, expected_sequences, make_packed, random_lengths, run_python  # noqa: E402
+from tests._hf_helpers import separate_logits, separate_loss_sum  # noqa: E402
+from tests._torch_helpers import (  # noqa: E402
+    IGNORE,
+    REPO,
+    expected_sequences,
+    make_packed,
+    random_lengths,
+    run_python,
+)
 
 CAPACITY = 64
 

@@ -28,12 +28,12 @@ from packer.convert import PackConfig, pack_dataset  # noqa: E402
 from packer.input import Columns  # noqa: E402
 from packer.torch import PackedCollator, PackedDataset  # noqa: E402
 from tests._hf_helpers import (  # noqa: E402
-    IGNORE,
     fake_flash_attn,
     separate_logits,
     separate_loss_sum,
     tiny_llama,
 )
+from tests._torch_helpers import IGNORE  # noqa: E402
 
 CAPACITY = 2048
 VOCAB = 1024  # a power of two: tokens are folded with a bit mask
